@@ -1,0 +1,51 @@
+"""agentkd: let a cheap student act for an expensive teacher whenever that is safe.
+
+Public API::
+
+    kd = agentkd.Distiller(teacher=..., student=..., mode="distill", log="sqlite:///agentkd.db")
+
+    @kd.episode(task_id=lambda task: task.id, success=lambda result: result.ok)
+    def solve(task): ...        # calls litellm.completion(model=<teacher>, ...) unchanged
+"""
+
+import os
+
+# Offline-first: litellm otherwise fetches its price map from the network at import.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from agentkd.config import Budget, Cascade, KeyWeights, Retrieval
+from agentkd.costs import register_price
+from agentkd.distiller import Distiller
+from agentkd.episode import EpisodeScope, current_episode
+from agentkd.errors import (
+    AgentKDError,
+    BudgetExceeded,
+    ConfigError,
+    InputError,
+    StoreError,
+    TeacherError,
+)
+from agentkd.log import TrajectoryLog
+from agentkd.report import RunSummary, run_summaries
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentKDError",
+    "Budget",
+    "BudgetExceeded",
+    "Cascade",
+    "ConfigError",
+    "Distiller",
+    "EpisodeScope",
+    "InputError",
+    "KeyWeights",
+    "Retrieval",
+    "RunSummary",
+    "StoreError",
+    "TeacherError",
+    "TrajectoryLog",
+    "current_episode",
+    "register_price",
+    "run_summaries",
+]

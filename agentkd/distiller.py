@@ -1,0 +1,367 @@
+"""The Distiller: serves the teacher's calls with a cheaper student whenever that is safe.
+
+One step (see DESIGN.md): retrieval key → demos → N student samples → gate → the student's
+majority answer or the teacher's → one logged step. Modes pick which parts run:
+
+- ``teacher``  teacher only (the baseline);
+- ``collect``  teacher only, and successful episodes become demos;
+- ``student``  one student sample, zero-shot;
+- ``icd``      one student sample with retrieved demos, no gate;
+- ``distill``  demos + N samples + the gate, deferring to the teacher on disagreement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import litellm
+
+from agentkd import intercept, llm
+from agentkd.cascades import ActionExtractor, Gate, default_extractor, extract_action
+from agentkd.cascades.gate import Equivalence
+from agentkd.config import Budget, Cascade, Retrieval, check_mode, validated
+from agentkd.episode import EpisodeScope, current_episode
+from agentkd.errors import BudgetExceeded, InputError, TeacherError
+from agentkd.log import CallRecord, StepRecord, TrajectoryLog
+from agentkd.retrieval.collect import demo_episode_from_log
+from agentkd.retrieval.formatting import DemoTemplate, default_template, inject_demos
+from agentkd.retrieval.keys import KeyFunction, StepKey, default_key
+from agentkd.retrieval.store import DemoStore, DemoWindow
+
+F = TypeVar("F", bound=Callable[..., Any])
+_VALID_ROLES = {"system", "user", "assistant", "tool", "function", "developer"}
+
+
+def check_messages(messages: Any) -> list[dict[str, Any]]:
+    """Validate chat messages at the boundary, with an error that says what to fix."""
+    if not isinstance(messages, list) or not messages:
+        raise InputError("messages must be a non-empty list of {'role': ..., 'content': ...} "
+                         f"dicts, got {type(messages).__name__}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InputError(f"messages[{i}] must be a dict with 'role' and 'content', "
+                             f"got {type(message).__name__}")
+        role = message.get("role")
+        if role not in _VALID_ROLES:
+            raise InputError(f"messages[{i}] has role {role!r}; expected one of "
+                             f"{sorted(_VALID_ROLES)}")
+        content = message.get("content")
+        if content is None and not message.get("tool_calls"):
+            raise InputError(f"messages[{i}] ({role}) has no 'content'")
+        if content is not None and not isinstance(content, str | list):
+            raise InputError(f"messages[{i}].content must be a string or a list of parts, "
+                             f"got {type(content).__name__}")
+    return messages
+
+
+class Distiller:
+    """Wraps an agent's teacher calls; see the module docstring for the modes.
+
+    Args:
+        teacher: litellm model string the agent calls (the expensive model).
+        student: litellm model string of the cheap model (needed in student/icd/distill).
+        mode: teacher | collect | student | icd | distill.
+        cascade: sampling and agreement settings (`Cascade`).
+        retrieval: demo retrieval settings (`Retrieval`).
+        demos: a demo store folder or `DemoStore` (needed in icd/distill; written in collect).
+        log: SQLAlchemy URL or `TrajectoryLog`.
+        run: run id in the log; reuse one to resume a run.
+        budget: spending / step caps (`Budget`).
+        extractor, equivalent: action extraction and equivalence hooks for the gate.
+        key: retrieval key function over the raw messages.
+        template: demo formatting function.
+        teacher_kwargs, student_kwargs: extra litellm kwargs per side (api_base, ...).
+        teacher_retries: retries of a failing teacher call (litellm's retry machinery).
+        label: free text shown in reports (e.g. "priced oracle teacher").
+    """
+
+    def __init__(
+        self,
+        teacher: str,
+        student: str | None = None,
+        *,
+        mode: str = "distill",
+        cascade: Cascade | dict[str, Any] | None = None,
+        retrieval: Retrieval | dict[str, Any] | None = None,
+        demos: str | Path | DemoStore | None = None,
+        log: str | TrajectoryLog = "sqlite:///agentkd.db",
+        run: str | None = None,
+        budget: Budget | dict[str, Any] | None = None,
+        extractor: ActionExtractor = default_extractor,
+        equivalent: Equivalence | None = None,
+        key: KeyFunction = default_key,
+        template: DemoTemplate = default_template,
+        teacher_kwargs: dict[str, Any] | None = None,
+        student_kwargs: dict[str, Any] | None = None,
+        teacher_retries: int = 2,
+        label: str | None = None,
+    ) -> None:
+        self.mode = check_mode(mode)
+        if not isinstance(teacher, str) or not teacher:
+            raise InputError("teacher must be a litellm model string, e.g. 'openai/gpt-4.1'")
+        if self.mode in ("student", "icd", "distill") and not student:
+            raise InputError(f"mode {mode!r} needs a student model string (student=...)")
+        self.teacher, self.student = teacher, student
+        self.cascade: Cascade = validated(Cascade, cascade, "cascade")  # type: ignore[assignment]
+        self.retrieval: Retrieval = validated(Retrieval, retrieval, "retrieval")  # type: ignore[assignment]
+        self.budget: Budget = validated(Budget, budget, "budget")  # type: ignore[assignment]
+        self.gate = Gate(self.cascade.agreement, equivalent)
+        self.extractor, self.key_fn, self.template = extractor, key, template
+        self.teacher_kwargs = dict(teacher_kwargs or {})
+        self.student_kwargs = dict(student_kwargs or {})
+        if teacher_retries < 0:
+            raise InputError("teacher_retries must be >= 0")
+        self.teacher_retries = teacher_retries
+        self.log = log if isinstance(log, TrajectoryLog) else TrajectoryLog(log)
+        self.demos = self._open_demos(demos)
+        self.run_id = run or f"{self.mode}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.log.ensure_run(
+            self.run_id, mode=self.mode, teacher=teacher, student=student, label=label,
+            config={"cascade": self.cascade.model_dump(), "retrieval": self.retrieval.model_dump(),
+                    "budget": self.budget.model_dump(),
+                    "demos": str(self.demos.path) if self.demos else None},
+        )
+        self._run_cost = self.log.run_cost(self.run_id)
+        intercept.install()
+
+    def _open_demos(self, demos: str | Path | DemoStore | None) -> DemoStore | None:
+        if isinstance(demos, DemoStore) or demos is None:
+            if demos is None and self.mode in ("icd", "distill"):
+                raise InputError(f"mode {self.mode!r} retrieves demos: pass demos='path/to/store'"
+                                 " (build one in collect mode or with `agentkd demos build`)")
+            return demos
+        return DemoStore.open(demos, create=self.mode == "collect")
+
+    def __repr__(self) -> str:
+        return (f"Distiller(teacher={self.teacher!r}, student={self.student!r}, "
+                f"mode={self.mode!r}, run={self.run_id!r})")
+
+    # ---- episodes ------------------------------------------------------------------------
+
+    @contextmanager
+    def episode_scope(self, task_id: str | None = None, *, goal: str | None = None,
+                      plan: str | None = None, task_type: str | None = None
+                      ) -> Iterator[EpisodeScope]:
+        """Open one logged episode; teacher calls inside it are served by this Distiller."""
+        task_id = str(task_id) if task_id is not None else uuid.uuid4().hex[:12]
+        episode_id = self.log.start_episode(self.run_id, task_id, task_type=task_type,
+                                            goal=goal, plan=plan)
+        scope = EpisodeScope(self, self.run_id, episode_id, task_id, goal=goal, plan=plan,
+                             task_type=task_type)
+        scope._enter()
+        try:
+            yield scope
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError)
+            self.log.finish_episode(
+                episode_id, status="interrupted" if interrupted else "error",
+                success=False if not interrupted else None,
+                error=f"{type(exc).__name__}: {exc}")
+            raise
+        else:
+            self._close_episode(scope)
+        finally:
+            scope._exit()
+
+    def _close_episode(self, scope: EpisodeScope) -> None:
+        status = {True: "success", False: "failure", None: "done"}[scope.success]
+        self.log.finish_episode(scope.episode_id, status=status, success=scope.success,
+                                reward=scope.reward)
+        if self.mode == "collect" and scope.success and self.demos is not None:
+            (episode,) = [e for e in self.log.episodes(self.run_id) if e.id == scope.episode_id]
+            demo = demo_episode_from_log(self.log, episode)
+            if demo is not None:
+                self.demos.add(demo)
+                self.demos.flush()
+
+    def episode(self, task_id: Callable[..., Any] | None = None, *,
+                success: Callable[[Any], bool] | None = None,
+                goal: Callable[..., str] | None = None,
+                task_type: Callable[..., str] | None = None) -> Callable[[F], F]:
+        """Decorator: each call of the function is one logged episode.
+
+        `task_id`, `goal` and `task_type` are called with the function's arguments;
+        `success` with its return value (or call `agentkd.current_episode().finish(...)`).
+        """
+
+        def scope_for(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return self.episode_scope(
+                task_id(*args, **kwargs) if task_id else None,
+                goal=goal(*args, **kwargs) if goal else None,
+                task_type=task_type(*args, **kwargs) if task_type else None,
+            )
+
+        def settle(scope: EpisodeScope, result: Any) -> None:
+            if success is not None and not scope.finished:
+                scope.finish(success=bool(success(result)))
+
+        def decorate(fn: F) -> F:
+            if inspect.iscoroutinefunction(fn):
+                @functools.wraps(fn)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    with scope_for(args, kwargs) as scope:
+                        result = await fn(*args, **kwargs)
+                        settle(scope, result)
+                        return result
+                return async_wrapper  # type: ignore[return-value]
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                with scope_for(args, kwargs) as scope:
+                    result = fn(*args, **kwargs)
+                    settle(scope, result)
+                    return result
+            return wrapper  # type: ignore[return-value]
+
+        return decorate
+
+    # ---- the pipeline --------------------------------------------------------------------
+
+    def completion(self, messages: list[dict[str, Any]], **kwargs: Any) -> litellm.ModelResponse:
+        """Serve one agent step; returns litellm's response type. Same kwargs as litellm."""
+        kwargs.pop("model", None)
+        messages = check_messages(messages)
+        scope = current_episode()
+        if scope is None or scope.distiller is not self:
+            with self.episode_scope() as adhoc:
+                return self._step(adhoc, messages, kwargs)
+        return self._step(scope, messages, kwargs)
+
+    async def acompletion(self, messages: list[dict[str, Any]],
+                          **kwargs: Any) -> litellm.ModelResponse:
+        """Async `completion`: runs the step in a worker thread (contextvars carried over)."""
+        return await asyncio.to_thread(self.completion, messages, **kwargs)
+
+    def key_for(self, scope: EpisodeScope, messages: list[dict[str, Any]]) -> StepKey:
+        key = self.key_fn(messages)
+        return StepKey(goal=scope.goal or key.goal, plan=scope.plan or key.plan,
+                       observation=key.observation)
+
+    def _check_budget(self, scope: EpisodeScope) -> None:
+        b = self.budget
+        if b.max_steps_per_episode is not None and scope.steps >= b.max_steps_per_episode:
+            raise BudgetExceeded(f"episode {scope.task_id!r} reached its step cap of "
+                                 f"{b.max_steps_per_episode} steps")
+        if b.max_usd_per_episode is not None and scope.cost_usd >= b.max_usd_per_episode:
+            raise BudgetExceeded(f"episode {scope.task_id!r} spent ${scope.cost_usd:.4f}, its cap "
+                                 f"is ${b.max_usd_per_episode}")
+        if b.max_usd_per_run is not None and self._run_cost >= b.max_usd_per_run:
+            raise BudgetExceeded(f"run {self.run_id!r} spent ${self._run_cost:.4f}, its cap is "
+                                 f"${b.max_usd_per_run}")
+
+    def _step(self, scope: EpisodeScope, messages: list[dict[str, Any]],
+              kwargs: dict[str, Any]) -> litellm.ModelResponse:
+        self._check_budget(scope)
+        start = time.perf_counter()
+        prompt_hash, new_turns = scope.new_turns(messages)
+        key = self.key_for(scope, messages)
+        calls: list[CallRecord] = []
+        windows: list[DemoWindow] = []
+        block = ""
+        if self.mode in ("icd", "distill") and self.demos is not None:
+            windows = self.demos.search(key, self.retrieval)
+            block = self.template(windows) if windows else ""
+
+        samples: list[dict[str, Any]] = []
+        agreement: float | None = None
+        response: litellm.ModelResponse | None = None
+        if self.mode in ("teacher", "collect"):
+            verdict = "teacher_only"
+        else:
+            assert self.student is not None
+            n = self.cascade.samples if self.mode == "distill" else 1
+            student_messages = inject_demos(messages, block, self.retrieval.placement)
+            sampled, results = llm.sample(
+                self.student, student_messages, n=n, temperature=self.cascade.temperature,
+                role="student", **{**kwargs, **self.student_kwargs})
+            calls += [r.record for r in results]
+            actions = [extract_action(m, self.extractor) for m in sampled]
+            samples = [{"content": m.get("content"), "tool_calls": m.get("tool_calls"),
+                        "action": a} for m, a in zip(sampled, actions, strict=True)]
+            if not sampled:
+                verdict = "student_error"
+            elif self.mode == "distill":
+                decision = self.gate.decide(actions + [None] * (n - len(actions)))
+                agreement = decision.agreement
+                verdict = "student" if decision.accept else "deferred"
+                chosen = decision.chosen_index
+            else:
+                verdict, chosen = "student_only", 0
+            if verdict in ("student", "student_only"):
+                response = self._as_response(results, sampled[chosen or 0])
+
+        if response is None:
+            response, record = self._ask_teacher(scope, messages, kwargs,
+                                                 "collect" if self.mode == "collect" else "teacher",
+                                                 calls)
+            calls.append(record)
+        final = response.choices[0].message.model_dump()
+        step = StepRecord(
+            idx=scope.steps, prompt_hash=prompt_hash, new_messages=new_turns,
+            observation=key.observation, demo_ids=[w.hit_row for w in windows],
+            demo_block=block or None, samples=samples, agreement=agreement, verdict=verdict,
+            actor="teacher" if verdict in ("teacher_only", "deferred", "student_error")
+            else "student",
+            final_action=extract_action(final, self.extractor),
+            final_text=final.get("content") if isinstance(final.get("content"), str) else None,
+            latency_ms=(time.perf_counter() - start) * 1000,
+        )
+        self.log.record_step(scope.episode_id, self.run_id, step, calls)
+        step_cost = sum(c.cost_usd for c in calls)
+        scope.steps += 1
+        scope.cost_usd += step_cost
+        self._run_cost += step_cost
+        response._hidden_params.setdefault("agentkd", {}).update(
+            {"actor": step.actor, "verdict": verdict, "agreement": agreement,
+             "run_id": self.run_id, "episode_id": scope.episode_id, "step": step.idx})
+        return response
+
+    def _ask_teacher(self, scope: EpisodeScope, messages: list[dict[str, Any]],
+                     kwargs: dict[str, Any], role: str, calls: list[CallRecord]
+                     ) -> tuple[litellm.ModelResponse, CallRecord]:
+        result = llm.complete(self.teacher, messages, role=role, num_retries=self.teacher_retries,
+                              **{**kwargs, **self.teacher_kwargs})
+        if result.response is None:
+            # Keep what this step already spent (student samples) and the failed call.
+            self.log.record_calls(self.run_id, scope.episode_id, [*calls, result.record])
+            raise TeacherError(
+                f"teacher {self.teacher!r} failed after {self.teacher_retries} retries: "
+                f"{result.record.error}")
+        return result.response, result.record
+
+    def _as_response(self, results: list[llm.CallResult],
+                     chosen: dict[str, Any]) -> litellm.ModelResponse:
+        """A response carrying only the chosen sample, shaped like the teacher's would be."""
+        for result in results:
+            if result.response is None:
+                continue
+            for choice in result.response.choices:
+                if choice.message.model_dump() == chosen:
+                    response = result.response.model_copy(deep=True)
+                    picked = choice.model_copy(deep=True)
+                    picked.index = 0
+                    picked.finish_reason = picked.finish_reason or "stop"
+                    response.choices = [picked]
+                    response.model = self.teacher
+                    return response
+        raise AssertionError("the chosen sample is not among the responses")  # unreachable
+
+    # ---- reporting -----------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """This run's report row (see `agentkd.report`)."""
+        from agentkd.report import run_summaries
+
+        return run_summaries(self.log, run_ids=[self.run_id])[0].model_dump()
+
+    def close(self) -> None:
+        if self.demos is not None:
+            self.demos.flush()

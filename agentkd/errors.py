@@ -1,0 +1,36 @@
+"""The exceptions agentkd raises at its public boundary.
+
+Every error a user can trigger names what is wrong and how to fix it; none of them
+carries an API key (messages pass through `agentkd.secrets.scrub`).
+"""
+
+from __future__ import annotations
+
+from agentkd.secrets import scrub
+
+
+class AgentKDError(Exception):
+    """Base class of every error agentkd raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(scrub(message))
+
+
+class ConfigError(AgentKDError, ValueError):
+    """A configuration value is missing, out of range or inconsistent."""
+
+
+class InputError(AgentKDError, ValueError):
+    """Input handed to agentkd (messages, files, stores) has the wrong shape."""
+
+
+class TeacherError(AgentKDError):
+    """The teacher model failed after its retry budget; the step could not be served."""
+
+
+class BudgetExceeded(AgentKDError):
+    """A spending or step cap was reached; everything so far is in the log."""
+
+
+class StoreError(AgentKDError):
+    """A demo store is missing, corrupted, or was built with another embedding model."""

@@ -1,0 +1,373 @@
+"""The SQL trajectory log: runs, episodes, steps and LLM calls (SQLAlchemy 2).
+
+Tables are created on first use. Every step is written, with its LLM calls and the episode's
+running totals, in one transaction as soon as it completes, so a crash mid-episode loses
+nothing already served. SQLite runs in WAL mode with a busy timeout so several processes can
+write one file; PostgreSQL is the target for real multi-process runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from agentkd.errors import ConfigError
+from agentkd.secrets import scrub
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    """One configured run: a mode, a teacher and a student, many episodes."""
+
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    teacher: Mapped[str] = mapped_column(String(256))
+    student: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    label: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Episode(Base):
+    """One task attempt. `status`: running, success, failure, error or interrupted."""
+
+    __tablename__ = "episodes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    task_id: Mapped[str] = mapped_column(String(512))
+    task_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    goal: Mapped[str | None] = mapped_column(Text, nullable=True)
+    plan: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    success: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    reward: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_steps: Mapped[int] = mapped_column(Integer, default=0)
+    teacher_steps: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    __table_args__ = (Index("ix_episodes_run_task", "run_id", "task_id"),)
+
+
+class Step(Base):
+    """One agent step: what the agent sent, what the student sampled, who acted."""
+
+    __tablename__ = "steps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    episode_id: Mapped[int] = mapped_column(ForeignKey("episodes.id"), index=True)
+    idx: Mapped[int] = mapped_column(Integer)
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    new_messages: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    observation: Mapped[str | None] = mapped_column(Text, nullable=True)
+    demo_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    demo_block: Mapped[str | None] = mapped_column(Text, nullable=True)
+    samples: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    agreement: Mapped[float | None] = mapped_column(Float, nullable=True)
+    verdict: Mapped[str] = mapped_column(String(24))
+    actor: Mapped[str] = mapped_column(String(16))
+    final_action: Mapped[str | None] = mapped_column(Text, nullable=True)
+    final_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    __table_args__ = (UniqueConstraint("episode_id", "idx", name="uq_steps_episode_idx"),)
+
+
+class LLMCall(Base):
+    """One request to a provider (n samples in one request count as one call)."""
+
+    __tablename__ = "llm_calls"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(128), index=True)
+    episode_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    step_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    role: Mapped[str] = mapped_column(String(24))
+    model: Mapped[str] = mapped_column(String(256))
+    provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    n: Mapped[int] = mapped_column(Integer, default=1)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+@dataclass
+class CallRecord:
+    """What one LLM call cost; built by `agentkd.llm`, written with its step."""
+
+    role: str
+    model: str
+    provider: str | None
+    n: int = 1
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class StepRecord:
+    """One served step, ready to be written."""
+
+    idx: int
+    prompt_hash: str
+    new_messages: list[dict[str, Any]]
+    verdict: str
+    actor: str
+    observation: str | None = None
+    demo_ids: list[int] = field(default_factory=list)
+    demo_block: str | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    agreement: float | None = None
+    final_action: str | None = None
+    final_text: str | None = None
+    latency_ms: float = 0.0
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url` (any SQLAlchemy URL); SQLite files get WAL and a busy timeout."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"log must be a SQLAlchemy URL such as 'sqlite:///agentkd.db' or "
+            f"'postgresql+psycopg://user@host/db', got {scrub(url)!r}"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+class TrajectoryLog:
+    """Writer and reader of the SQL log at `url`."""
+
+    def __init__(self, url: str = "sqlite:///agentkd.db") -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._lock = threading.Lock()
+        self._is_sqlite = self.engine.dialect.name == "sqlite"
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as exc:
+            raise ConfigError(
+                f"cannot open the log at {scrub(url)!r}: {scrub(str(exc.orig))}"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"TrajectoryLog({scrub(self.url)!r})"
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def ensure_run(
+        self,
+        run_id: str,
+        *,
+        mode: str,
+        teacher: str,
+        student: str | None,
+        label: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> str:
+        """Create the run row if it does not exist yet (resuming a run reuses it)."""
+        with self.session() as s, s.begin():
+            existing = s.get(Run, run_id)
+            if existing is None:
+                s.add(Run(id=run_id, mode=mode, teacher=teacher, student=student, label=label,
+                          config=config or {}))
+            elif existing.mode != mode:
+                raise ConfigError(
+                    f"run {run_id!r} already exists in the log with mode {existing.mode!r}; "
+                    f"pick another run id for mode {mode!r}"
+                )
+        return run_id
+
+    def start_episode(
+        self,
+        run_id: str,
+        task_id: str,
+        *,
+        task_type: str | None = None,
+        goal: str | None = None,
+        plan: str | None = None,
+    ) -> int:
+        with self.session() as s, s.begin():
+            episode = Episode(run_id=run_id, task_id=task_id, task_type=task_type, goal=goal,
+                              plan=plan, status="running")
+            s.add(episode)
+            s.flush()
+            return episode.id
+
+    def update_episode(self, episode_id: int, **values: Any) -> None:
+        with self.session() as s, s.begin():
+            s.execute(update(Episode).where(Episode.id == episode_id).values(**values))
+
+    def record_step(self, episode_id: int, run_id: str, step: StepRecord,
+                    calls: Sequence[CallRecord]) -> int:
+        """Write a step, its calls and the episode's new totals in one transaction."""
+        cost = sum(c.cost_usd for c in calls)
+        with self._write_lock(), self.session() as s, s.begin():
+            row = Step(
+                episode_id=episode_id, idx=step.idx, prompt_hash=step.prompt_hash,
+                new_messages=step.new_messages, observation=step.observation,
+                demo_ids=step.demo_ids, demo_block=step.demo_block, samples=step.samples,
+                agreement=step.agreement, verdict=step.verdict, actor=step.actor,
+                final_action=step.final_action, final_text=step.final_text, cost_usd=cost,
+                latency_ms=step.latency_ms,
+            )
+            s.add(row)
+            s.flush()
+            self._add_calls(s, run_id, episode_id, row.id, calls)
+            s.execute(
+                update(Episode)
+                .where(Episode.id == episode_id)
+                .values(
+                    n_steps=Episode.n_steps + 1,
+                    teacher_steps=Episode.teacher_steps + (1 if step.actor == "teacher" else 0),
+                    cost_usd=Episode.cost_usd + cost,
+                )
+            )
+            return row.id
+
+    def record_calls(self, run_id: str, episode_id: int | None,
+                     calls: Iterable[CallRecord]) -> None:
+        """Write calls that belong to no step (e.g. a failed teacher call, memory calls)."""
+        calls = list(calls)
+        cost = sum(c.cost_usd for c in calls)
+        with self._write_lock(), self.session() as s, s.begin():
+            self._add_calls(s, run_id, episode_id, None, calls)
+            if episode_id is not None and cost:
+                s.execute(update(Episode).where(Episode.id == episode_id)
+                          .values(cost_usd=Episode.cost_usd + cost))
+
+    @staticmethod
+    def _add_calls(s: Session, run_id: str, episode_id: int | None, step_id: int | None,
+                   calls: Iterable[CallRecord]) -> None:
+        s.add_all(
+            LLMCall(
+                run_id=run_id, episode_id=episode_id, step_id=step_id, role=c.role,
+                model=c.model, provider=c.provider, n=c.n, prompt_tokens=c.prompt_tokens,
+                completion_tokens=c.completion_tokens, cost_usd=c.cost_usd,
+                latency_ms=c.latency_ms, error=scrub(c.error) if c.error else None,
+            )
+            for c in calls
+        )
+
+    def finish_episode(self, episode_id: int, *, status: str, success: bool | None,
+                       reward: float | None = None, error: str | None = None) -> None:
+        self.update_episode(episode_id, status=status, success=success, reward=reward,
+                            error=scrub(error) if error else None, finished_at=utcnow())
+
+    def mark_interrupted(self, run_id: str) -> int:
+        """Mark episodes of `run_id` still 'running' (their worker died) as interrupted."""
+        with self.session() as s, s.begin():
+            result = s.execute(
+                update(Episode)
+                .where(Episode.run_id == run_id, Episode.status == "running")
+                .values(status="interrupted", finished_at=utcnow())
+            )
+            return int(result.rowcount or 0)
+
+    def finished_task_ids(self, run_id: str) -> set[str]:
+        """Task ids of `run_id` whose episode ended (success, failure or error)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Episode.task_id).where(
+                    Episode.run_id == run_id,
+                    Episode.status.in_(("success", "failure", "error")),
+                )
+            )
+            return {r[0] for r in rows}
+
+    def run_cost(self, run_id: str) -> float:
+        with self.session() as s:
+            total = s.execute(select(func.coalesce(func.sum(LLMCall.cost_usd), 0.0))
+                              .where(LLMCall.run_id == run_id)).scalar_one()
+            return float(total)
+
+    def steps(self, episode_id: int) -> list[Step]:
+        with self.session() as s:
+            return list(s.scalars(select(Step).where(Step.episode_id == episode_id)
+                                  .order_by(Step.idx)))
+
+    def episodes(self, run_id: str) -> list[Episode]:
+        with self.session() as s:
+            return list(s.scalars(select(Episode).where(Episode.run_id == run_id)
+                                  .order_by(Episode.id)))
+
+    def calls(self, episode_id: int) -> list[LLMCall]:
+        with self.session() as s:
+            return list(s.scalars(select(LLMCall).where(LLMCall.episode_id == episode_id)
+                                  .order_by(LLMCall.id)))
+
+    def _write_lock(self) -> threading.Lock | _NoLock:
+        # SQLite allows one writer at a time; serialising our own threads avoids busy retries.
+        return self._lock if self._is_sqlite else _NoLock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)

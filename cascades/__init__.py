@@ -1,0 +1,18 @@
+"""Self-consistency cascade: action extraction, agreement, the gate that picks who acts."""
+
+from agentkd.cascades.actions import (
+    ActionExtractor,
+    default_extractor,
+    extract_action,
+    normalize_action,
+)
+from agentkd.cascades.gate import Decision, Gate
+
+__all__ = [
+    "ActionExtractor",
+    "Decision",
+    "Gate",
+    "default_extractor",
+    "extract_action",
+    "normalize_action",
+]

@@ -1,0 +1,72 @@
+"""Pull the action out of a model response, and normalise it for comparison.
+
+The default extractor tries, in order: tool calls (canonical JSON of name + arguments), a
+ReAct ``Action: ...`` line, a ``> command`` line, and finally the last non-empty line.
+Users with another output format pass their own `ActionExtractor`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+ActionExtractor = Callable[[dict[str, Any]], str | None]
+"""Maps an assistant message (``{"content": ..., "tool_calls": ...}``) to its action, or None."""
+
+_ACTION_LINE = re.compile(r"^\s*\**action\**\s*[:：]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+_PROMPT_LINE = re.compile(r"^\s*>\s*(.+?)\s*$", re.MULTILINE)
+_END_PUNCT = " \t\r\n.,;:!?\"'`*"
+
+
+def normalize_action(action: str) -> str:
+    """Lower-case, collapse whitespace and strip punctuation at both ends."""
+    return re.sub(r"\s+", " ", action).strip(_END_PUNCT).lower()
+
+
+def _tool_call_action(tool_calls: list[Any]) -> str | None:
+    canon = []
+    for call in tool_calls:
+        if isinstance(call, dict):
+            fn = call.get("function", call)
+        else:
+            fn = getattr(call, "function", None)
+        if fn is None:
+            return None
+        name = fn.get("name") if isinstance(fn, dict) else getattr(fn, "name", None)
+        raw = fn.get("arguments") if isinstance(fn, dict) else getattr(fn, "arguments", None)
+        try:
+            args = json.loads(raw) if isinstance(raw, str) else (raw or {})
+        except json.JSONDecodeError:
+            # Truncated or invalid JSON arguments are no action: such a sample cannot agree.
+            return None
+        canon.append({"name": name, "arguments": args})
+    return json.dumps(canon, sort_keys=True, separators=(",", ":"))
+
+
+def default_extractor(message: dict[str, Any]) -> str | None:
+    tool_calls = message.get("tool_calls")
+    if tool_calls:
+        return _tool_call_action(list(tool_calls))
+    content = message.get("content") or ""
+    if not isinstance(content, str):
+        return None
+    matches = _ACTION_LINE.findall(content)
+    if matches:
+        return str(matches[-1])
+    matches = _PROMPT_LINE.findall(content)
+    if matches:
+        return str(matches[-1])
+    lines = [line.strip() for line in content.splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def extract_action(message: dict[str, Any], extractor: ActionExtractor = default_extractor
+                   ) -> str | None:
+    """The normalised action of `message`, or None when it carries none."""
+    raw = extractor(message)
+    if raw is None:
+        return None
+    action = normalize_action(raw) if not raw.startswith("[{") else raw
+    return action or None
