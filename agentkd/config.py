@@ -30,6 +30,9 @@ class Cascade(_Frozen):
     samples: int = Field(3, ge=1, le=32)
     temperature: float = Field(0.1, ge=0.0, le=2.0)
     agreement: float = Field(1.0, gt=0.0, le=1.0)
+    sampling: Literal["auto", "n", "parallel"] = "auto"
+    """How to get the samples: one request with ``n`` ("n"), concurrent single requests
+    ("parallel"), or "auto": ``n`` where litellm says the provider supports it."""
 
 
 class KeyWeights(_Frozen):

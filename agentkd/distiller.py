@@ -281,7 +281,8 @@ class Distiller:
             student_messages = inject_demos(messages, block, self.retrieval.placement)
             sampled, results = llm.sample(
                 self.student, student_messages, n=n, temperature=self.cascade.temperature,
-                role="student", **{**kwargs, **self.student_kwargs})
+                role="student", use_n={"auto": None, "n": True, "parallel": False}[
+                    self.cascade.sampling], **{**kwargs, **self.student_kwargs})
             calls += [r.record for r in results]
             actions = [extract_action(m, self.extractor) for m in sampled]
             samples = [{"content": m.get("content"), "tool_calls": m.get("tool_calls"),
@@ -334,7 +335,7 @@ class Distiller:
             self.log.record_calls(self.run_id, scope.episode_id, [*calls, result.record])
             raise TeacherError(
                 f"teacher {self.teacher!r} failed after {self.teacher_retries} retries: "
-                f"{result.record.error}")
+                f"{(result.record.error or '').splitlines()[0]} (full error in the log)")
         return result.response, result.record
 
     def _as_response(self, results: list[llm.CallResult],

@@ -99,16 +99,17 @@ def complete(model: str, messages: list[dict[str, Any]], *, role: str,
 
 
 def sample(model: str, messages: list[dict[str, Any]], *, n: int, temperature: float,
-           role: str = "student", **kwargs: Any) -> tuple[list[dict[str, Any]], list[CallResult]]:
+           role: str = "student", use_n: bool | None = None, **kwargs: Any) -> tuple[list[dict[str, Any]], list[CallResult]]:
     """`n` samples of `model`'s answer; returns the sampled messages and every call made.
 
+    `use_n` forces (True) or forbids (False) the single ``n`` request; None asks litellm.
     Providers that silently ignore ``n`` (e.g. ``llama_cpp.server``) are topped up with
     single requests, so the caller always gets `n` samples unless calls fail.
     """
     kwargs = {k: v for k, v in kwargs.items() if k not in ("n", "temperature", "stream")}
     results: list[CallResult] = []
     samples: list[dict[str, Any]] = []
-    if n > 1 and supports_n(model):
+    if n > 1 and (supports_n(model) if use_n is None else use_n):
         first = complete(model, messages, role=role, n=n, temperature=temperature, **kwargs)
         results.append(first)
         samples.extend(first.messages()[:n])

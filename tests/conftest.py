@@ -1,0 +1,74 @@
+"""Shared fixtures: a scripted litellm custom provider and a fresh SQLite log per test."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm
+import pytest
+from litellm import CustomLLM
+from litellm.types.utils import Choices, Message, ModelResponse, Usage
+
+import agentkd
+
+Script = Callable[[list[dict[str, Any]], int], list[str]]
+
+
+class ScriptedLLM(CustomLLM):
+    """A litellm custom provider (`scripted/<name>`) whose answers come from a test's script.
+
+    It honours ``n`` and counts tokens as whitespace words, so costs are predictable.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: dict[str, Script] = {}
+        self.received: list[tuple[str, list[dict[str, Any]], dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def completion(self, model: str, messages: list[dict[str, Any]], *args: Any,
+                   **kwargs: Any) -> ModelResponse:
+        params = kwargs.get("optional_params") or {}
+        n = int(params.get("n") or 1)
+        with self.lock:
+            self.received.append((f"scripted/{model}", messages, dict(params)))
+        texts = self.scripts[f"scripted/{model}"](messages, n)
+        prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+        return ModelResponse(
+            model=model,
+            choices=[Choices(index=i, finish_reason="stop",
+                             message=Message(role="assistant", content=t))
+                     for i, t in enumerate(texts)],
+            usage=Usage(prompt_tokens=prompt, completion_tokens=sum(len(t.split()) for t in texts),
+                        total_tokens=0),
+        )
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        return self.completion(*args, **kwargs)
+
+
+_scripted = ScriptedLLM()
+litellm.custom_provider_map = [
+    *[p for p in litellm.custom_provider_map if p["provider"] != "scripted"],
+    {"provider": "scripted", "custom_handler": _scripted},
+]
+# Round prices make expected costs easy to compute by hand.
+agentkd.register_price("scripted/teacher", 10.0, 20.0)
+agentkd.register_price("scripted/student", 1.0, 2.0)
+
+
+@pytest.fixture
+def scripted() -> ScriptedLLM:
+    _scripted.scripts.clear()
+    _scripted.received.clear()
+    return _scripted
+
+
+@pytest.fixture
+def log_url(tmp_path: Any) -> str:
+    return f"sqlite:///{tmp_path / 'log.db'}"
