@@ -6,6 +6,7 @@ to that same map, so every cost in agentkd comes from one place.
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 
@@ -25,6 +26,17 @@ def register_price(model: str, input_per_mtok: float, output_per_mtok: float) ->
             f"got input={input_per_mtok}, output={output_per_mtok}"
         )
     provider = model.split("/", 1)[0] if "/" in model else "openai"
+    # litellm warns that custom models have no cache-token prices; irrelevant here.
+    logger = logging.getLogger("LiteLLM")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        _register(model, provider, input_per_mtok, output_per_mtok)
+    finally:
+        logger.setLevel(level)
+
+
+def _register(model: str, provider: str, input_per_mtok: float, output_per_mtok: float) -> None:
     litellm.register_model(
         {
             model: {

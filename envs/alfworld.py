@@ -1,0 +1,147 @@
+"""ALFWorld text games through the real `alfworld` package (textworld PDDL engine).
+
+One `AlfWorldEnv` is one game: it loads the game file directly with `textworld.start`
+(no shared gym env id, so parallel tasks can never see each other's state) with alfworld's
+own wrappers, including its handcoded expert, whose next action is published to the
+`alfworld/expert` teacher provider through `current_expert_action`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from agentkd.errors import ConfigError, InputError
+
+SPLITS = {
+    "train": "train",
+    "valid_seen": "valid_seen",
+    "valid_unseen": "valid_unseen",
+    "valid_train": "valid_train",
+}
+TESTED_ALFWORLD_VERSION = "0.4.2"
+_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alfworld"
+
+# The handcoded expert's next action for the game running in this thread / task.
+current_expert_action: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "agentkd_alfworld_expert_action", default=None
+)
+
+
+def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The ALFWorld data folder: `explicit`, else ../shared/data/alfworld, else $ALFWORLD_DATA."""
+    candidates = [Path(explicit)] if explicit else []
+    if not explicit:
+        candidates.append(_SHARED_DATA)
+        if os.environ.get("ALFWORLD_DATA"):
+            candidates.append(Path(os.environ["ALFWORLD_DATA"]))
+    for folder in candidates:
+        if (folder / "json_2.1.1").is_dir() and (folder / "logic" / "alfred.pddl").is_file():
+            return folder.resolve()
+    tried = ", ".join(str(c) for c in candidates) or "(nothing)"
+    raise ConfigError(
+        f"no ALFWorld data found (looked in {tried}). Get it with `pip install alfworld` and "
+        f"`alfworld-download`, then set ALFWORLD_DATA to that folder or pass --data."
+    )
+
+
+def list_games(split: str, data: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Game files of `split`, sorted so that subsets are reproducible."""
+    if split not in SPLITS:
+        raise InputError(f"unknown ALFWorld split {split!r}; choose one of {', '.join(SPLITS)}")
+    folder = data_dir(data) / "json_2.1.1" / SPLITS[split]
+    if not folder.is_dir():
+        raise ConfigError(f"ALFWorld split {split!r} is missing: no folder {folder}. "
+                          "Run `alfworld-download` to get the full data.")
+    games = sorted(folder.glob("*/*/game.tw-pddl"))
+    if not games:
+        raise ConfigError(f"no games (game.tw-pddl) under {folder}")
+    return games
+
+
+class AlfWorldEnv:
+    """One ALFWorld game. `task_id` is the game's folder relative to the split."""
+
+    def __init__(self, game_file: str | os.PathLike[str], *, max_expert_steps: int = 200) -> None:
+        self.game_file = Path(game_file)
+        if not self.game_file.is_file():
+            raise InputError(f"ALFWorld game file not found: {self.game_file}")
+        traj = json.loads((self.game_file.parent / "traj_data.json").read_text())
+        self.task_type: str | None = traj.get("task_type")
+        self.task_id = f"{self.game_file.parent.parent.name}/{self.game_file.parent.name}"
+        self._max_expert_steps = max_expert_steps
+        self._env: Any = None
+        self._state: Any = None
+        self._goal = ""
+
+    def _start(self) -> Any:
+        import textworld
+        from alfworld.agents.environment.alfred_tw_env import (
+            AlfredDemangler,
+            AlfredExpert,
+            AlfredExpertType,
+            AlfredInfos,
+        )
+
+        infos = textworld.EnvInfos(won=True, admissible_commands=True, facts=True,
+                                   extras=["gamefile", "expert_plan"])
+        return textworld.start(str(self.game_file), request_infos=infos, wrappers=[
+            AlfredDemangler(shuffle=False), AlfredInfos,
+            AlfredExpert(expert_type=AlfredExpertType.HANDCODED)])
+
+    @property
+    def goal(self) -> str:
+        return self._goal
+
+    @property
+    def admissible_actions(self) -> list[str] | None:
+        if self._state is None:
+            return None
+        return [a for a in self._state["admissible_commands"] if a != "help"]
+
+    @property
+    def expert_action(self) -> str | None:
+        plan = self._state["extra.expert_plan"] if self._state is not None else None
+        return plan[0] if plan else None
+
+    @property
+    def won(self) -> bool:
+        return bool(self._state is not None and self._state["won"])
+
+    def _publish(self) -> None:
+        current_expert_action.set(self.expert_action)
+
+    def reset(self) -> tuple[str, dict[str, Any]]:
+        if self._env is None:
+            self._env = self._start()
+        self._state = self._env.reset()
+        text = str(self._state["feedback"]).strip()
+        self._goal = text.split("Your task is to:")[-1].strip() if "Your task is to:" in text \
+            else ""
+        self._publish()
+        return text.replace("-= Welcome to TextWorld, ALFRED! =-", "").strip(), self._info()
+
+    def step(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
+        if self._state is None:
+            raise InputError("call reset() before step()")
+        try:
+            self._state, reward, done = self._env.step(action)
+        except Exception as exc:  # the expert can time out on states it cannot plan from
+            if "Timeout" not in str(exc):
+                raise
+            self._state["extra.expert_plan"] = []
+            return "Nothing happens.", 0.0, False, self._info()
+        self._publish()
+        return str(self._state["feedback"]).strip(), float(reward), bool(done), self._info()
+
+    def _info(self) -> dict[str, Any]:
+        return {"won": self.won, "admissible_actions": self.admissible_actions,
+                "expert_action": self.expert_action, "task_type": self.task_type}
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None

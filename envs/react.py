@@ -1,0 +1,110 @@
+"""The reference ReAct agent used by benchmarks and examples.
+
+It is an ordinary agent loop — it calls `litellm.completion(model=<teacher>, ...)` exactly as
+a user's agent would and knows nothing of agentkd; wrap it with `@kd.episode` to distil it.
+Each step the model answers "Thought: ...\\nAction: <command>". The prompt stays short: only
+the latest observation lists the admissible commands, and only the last `history` exchanges
+are kept. The action is mapped to the
+closest admissible command when the environment lists them; an action that matches none is
+sent as is (ALFWorld answers "Nothing happens.") and counted as invalid.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+import litellm
+from agentkd.cascades.actions import default_extractor, normalize_action
+from agentkd.envs.base import Env
+
+SYSTEM_PROMPT = (
+    "You are an agent in a household text game. Each turn, reply with one short thought and "
+    "one action, exactly in this format:\n"
+    "Thought: <one short sentence>\n"
+    "Action: <one command from the admissible commands>\n"
+    "Commands look like: go to <place>, take <obj> from <place>, put <obj> in/on <place>, "
+    "open <x>, close <x>, clean <obj> with <sink>, heat <obj> with <microwave>, "
+    "cool <obj> with <fridge>, use <lamp>, examine <x>, look, inventory."
+)
+MATCH_CUTOFF = 0.6  # below this similarity an action is not a typo of any admissible command
+
+
+def closest_admissible(action: str, admissible: list[str] | None) -> str | None:
+    """The admissible command `action` most plausibly meant, or None."""
+    if not admissible:
+        return None
+    normal = normalize_action(action)
+    by_normal = {normalize_action(a): a for a in admissible}
+    if normal in by_normal:
+        return by_normal[normal]
+    match = difflib.get_close_matches(normal, list(by_normal), n=1, cutoff=MATCH_CUTOFF)
+    return by_normal[match[0]] if match else None
+
+
+def format_observation(observation: str, admissible: list[str] | None) -> str:
+    if not admissible:
+        return f"Observation: {observation}"
+    return f"Observation: {observation}\nAdmissible commands: {', '.join(admissible)}"
+
+
+@dataclass
+class EpisodeResult:
+    """What one episode of the reference agent did."""
+
+    task_id: str
+    success: bool
+    steps: int
+    invalid_actions: int
+    actions: list[str] = field(default_factory=list)
+
+
+def _prompt(first: str, turns: list[tuple[str, str]], latest: str, admissible: list[str] | None,
+            history: int) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},
+                                      {"role": "user", "content": first}]
+    for reply, observation in turns[-history:]:
+        messages += [{"role": "assistant", "content": reply},
+                     {"role": "user", "content": f"Observation: {observation}"}]
+    if turns:
+        messages[-1] = {"role": "user", "content": format_observation(latest, admissible)}
+    else:
+        messages[-1] = {"role": "user", "content": format_observation(first, admissible)}
+    return messages
+
+
+def react_agent(env: Env, model: str, *, max_steps: int = 50, max_tokens: int = 60,
+                history: int = 12, first_observation: str | None = None,
+                **completion_kwargs: Any) -> EpisodeResult:
+    """Run one episode of `env` with `model`; returns the outcome.
+
+    Pass `first_observation` when the caller already reset the environment.
+    """
+    if history < 1:
+        raise ValueError("history must keep at least the latest exchange (history >= 1)")
+    if first_observation is None:
+        first_observation, _ = env.reset()
+    info: dict[str, Any] = {}
+    turns: list[tuple[str, str]] = []
+    observation = first_observation
+    actions: list[str] = []
+    invalid = 0
+    done = False
+    for _ in range(max_steps):
+        messages = _prompt(first_observation, turns, observation, env.admissible_actions, history)
+        reply = litellm.completion(model=model, messages=messages, max_tokens=max_tokens,
+                                   stop=["\nObservation:"], **completion_kwargs)
+        text = reply.choices[0].message.content or ""
+        raw = default_extractor({"content": text}) or ""
+        command = closest_admissible(raw, env.admissible_actions)
+        if command is None:
+            invalid += 1
+            command = normalize_action(raw) or "look"
+        actions.append(command)
+        observation, _reward, done, info = env.step(command)
+        turns.append((text.strip(), observation))
+        if done:
+            break
+    return EpisodeResult(task_id=env.task_id, success=bool(info.get("won", done)),
+                         steps=len(actions), invalid_actions=invalid, actions=actions)
