@@ -99,7 +99,8 @@ def complete(model: str, messages: list[dict[str, Any]], *, role: str,
 
 
 def sample(model: str, messages: list[dict[str, Any]], *, n: int, temperature: float,
-           role: str = "student", use_n: bool | None = None, **kwargs: Any) -> tuple[list[dict[str, Any]], list[CallResult]]:
+           role: str = "student", use_n: bool | None = None,
+           **kwargs: Any) -> tuple[list[dict[str, Any]], list[CallResult]]:
     """`n` samples of `model`'s answer; returns the sampled messages and every call made.
 
     `use_n` forces (True) or forbids (False) the single ``n`` request; None asks litellm.
