@@ -79,5 +79,11 @@ def demos_stats(store: Path = typer.Argument(..., help="Demo store folder.")) ->
         fail(str(exc))
 
 
+from agentkd.envs.cli import bench_app, demo  # noqa: E402  (the envs sub-app imports this base)
+
+app.add_typer(bench_app, name="bench")
+app.command("demo")(demo)
+
+
 if __name__ == "__main__":
     app()

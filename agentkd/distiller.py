@@ -124,7 +124,8 @@ class Distiller:
         self.demos = self._open_demos(demos)
         self.run_id = run or f"{self.mode}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.log.ensure_run(
-            self.run_id, mode=self.mode, teacher=teacher, student=student, label=label,
+            self.run_id, mode=self.mode, teacher=teacher, label=label,
+            student=student if self.mode not in ("teacher", "collect") else None,
             config={"cascade": self.cascade.model_dump(), "retrieval": self.retrieval.model_dump(),
                     "budget": self.budget.model_dump(),
                     "demos": str(self.demos.path) if self.demos else None},
@@ -174,7 +175,7 @@ class Distiller:
     def _close_episode(self, scope: EpisodeScope) -> None:
         status = {True: "success", False: "failure", None: "done"}[scope.success]
         self.log.finish_episode(scope.episode_id, status=status, success=scope.success,
-                                reward=scope.reward)
+                                reward=scope.reward, info=scope.info)
         if self.mode == "collect" and scope.success and self.demos is not None:
             (episode,) = [e for e in self.log.episodes(self.run_id) if e.id == scope.episode_id]
             demo = demo_episode_from_log(self.log, episode)

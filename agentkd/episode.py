@@ -46,15 +46,18 @@ class EpisodeScope:
     cost_usd: float = 0.0
     success: bool | None = None
     reward: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
     finished: bool = False
     _seen_count: int = 0
     _seen_hash: str = field(default="")
     _token: contextvars.Token[EpisodeScope | None] | None = None
 
-    def finish(self, success: bool | None = None, reward: float | None = None) -> None:
-        """Record the outcome; it is written when the scope closes (or now, if closed)."""
+    def finish(self, success: bool | None = None, reward: float | None = None,
+               **info: Any) -> None:
+        """Record the outcome (and any JSON-able `info`); written when the scope closes."""
         self.success = success
         self.reward = reward
+        self.info.update(info)
         self.finished = True
 
     def new_turns(self, messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:

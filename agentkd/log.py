@@ -79,6 +79,7 @@ class Episode(Base):
     teacher_steps: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     __table_args__ = (Index("ix_episodes_run_task", "run_id", "task_id"),)
@@ -307,9 +308,11 @@ class TrajectoryLog:
         )
 
     def finish_episode(self, episode_id: int, *, status: str, success: bool | None,
-                       reward: float | None = None, error: str | None = None) -> None:
+                       reward: float | None = None, error: str | None = None,
+                       info: dict[str, Any] | None = None) -> None:
         self.update_episode(episode_id, status=status, success=success, reward=reward,
-                            error=scrub(error) if error else None, finished_at=utcnow())
+                            error=scrub(error) if error else None, info=info or {},
+                            finished_at=utcnow())
 
     def mark_interrupted(self, run_id: str) -> int:
         """Mark episodes of `run_id` still 'running' (their worker died) as interrupted."""

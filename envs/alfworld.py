@@ -29,6 +29,19 @@ _SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alfwor
 current_expert_action: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "agentkd_alfworld_expert_action", default=None
 )
+# The admissible commands of that game's current state (for the cascade's equivalence hook).
+current_admissible: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "agentkd_alfworld_admissible", default=None
+)
+
+
+def same_admissible_command(a: str, b: str) -> bool:
+    """Cascade equivalence: two actions agree when they map to the same admissible command."""
+    from agentkd.envs.react import closest_admissible
+
+    admissible = current_admissible.get()
+    target = closest_admissible(a, admissible)
+    return target is not None and target == closest_admissible(b, admissible)
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -113,6 +126,7 @@ class AlfWorldEnv:
 
     def _publish(self) -> None:
         current_expert_action.set(self.expert_action)
+        current_admissible.set(self.admissible_actions)
 
     def reset(self) -> tuple[str, dict[str, Any]]:
         if self._env is None:

@@ -16,11 +16,11 @@ import time
 from typing import Any
 
 import litellm
-from agentkd.envs.alfworld import current_expert_action
 from litellm import CustomLLM
 from litellm.types.utils import Choices, Message, ModelResponse, Usage
 
 from agentkd.costs import register_price
+from agentkd.envs.alfworld import current_expert_action
 from agentkd.errors import InputError
 
 EXPERT_MODEL = "alfworld/expert"

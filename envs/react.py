@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import litellm
+
 from agentkd.cascades.actions import default_extractor, normalize_action
 from agentkd.envs.base import Env
 

@@ -1,0 +1,153 @@
+"""ALFWorld benchmark runs: many games, one mode, one logged run, resumable.
+
+Each game is one episode of the reference ReAct agent inside a Distiller episode scope. With
+`workers > 1` games run in a pool of processes, each with its own Distiller (same run id, same
+log) and its own environment per game. `resume=True` skips games the run already finished
+and marks episodes left running by a dead worker as interrupted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from agentkd.config import Cascade, Retrieval
+from agentkd.errors import InputError
+
+_worker: dict[str, Any] = {}
+
+
+@dataclass
+class BenchConfig:
+    """One `agentkd bench alfworld` invocation."""
+
+    mode: str
+    teacher: str = "alfworld/expert"
+    student: str | None = None
+    split: str = "valid_seen"
+    episodes: int | None = None
+    offset: int = 0
+    workers: int = 1
+    demos: str | None = None
+    log: str = "sqlite:///agentkd.db"
+    run: str | None = None
+    resume: bool = False
+    max_steps: int = 50
+    history: int = 12
+    data: str | None = None
+    cascade: dict[str, Any] = field(default_factory=dict)
+    retrieval: dict[str, Any] = field(default_factory=dict)
+
+    def run_id(self) -> str:
+        return self.run or f"alfworld-{self.split}-{self.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class EpisodeOutcome:
+    task_id: str
+    success: bool
+    steps: int
+    invalid_actions: int
+    cost_usd: float
+    teacher_steps: int
+
+
+def _distiller(config: BenchConfig, run_id: str) -> Any:
+    from agentkd.distiller import Distiller
+    from agentkd.envs import expert
+    from agentkd.envs.alfworld import same_admissible_command
+
+    expert.register()
+    return Distiller(
+        teacher=config.teacher, student=config.student, mode=config.mode,
+        cascade=Cascade(**config.cascade), retrieval=Retrieval(**config.retrieval),
+        demos=config.demos, log=config.log, run=run_id, equivalent=same_admissible_command,
+        label=expert.ORACLE_LABEL if config.teacher == expert.EXPERT_MODEL else None,
+    )
+
+
+def _init_worker(config: BenchConfig, run_id: str) -> None:
+    _worker["kd"] = _distiller(config, run_id)
+    _worker["config"] = config
+
+
+def play(game_file: str) -> EpisodeOutcome:
+    """Play one game in this process's Distiller (set up by `_init_worker`)."""
+    from agentkd.envs.alfworld import AlfWorldEnv
+    from agentkd.envs.react import react_agent
+
+    kd, config = _worker["kd"], _worker["config"]
+    env = AlfWorldEnv(game_file)
+    try:
+        first, _ = env.reset()
+        with kd.episode_scope(task_id=env.task_id, goal=env.goal,
+                              task_type=env.task_type) as scope:
+            result = react_agent(env, kd.teacher, max_steps=config.max_steps,
+                                 history=config.history, first_observation=first)
+            scope.finish(success=result.success, reward=float(result.success),
+                         invalid_actions=result.invalid_actions)
+        kd.close()
+        return EpisodeOutcome(env.task_id, result.success, result.steps,
+                              result.invalid_actions, scope.cost_usd,
+                              _teacher_steps(kd, scope.episode_id))
+    finally:
+        env.close()
+
+
+def _teacher_steps(kd: Any, episode_id: int) -> int:
+    return sum(1 for s in kd.log.steps(episode_id) if s.actor == "teacher")
+
+
+def plan_games(config: BenchConfig, run_id: str) -> tuple[list[Path], int]:
+    """(games still to play, games skipped because the run already finished them)."""
+    from agentkd.envs.alfworld import AlfWorldEnv, list_games
+    from agentkd.log import TrajectoryLog
+
+    games = list_games(config.split, config.data)[config.offset:]
+    if config.episodes is not None:
+        if config.episodes < 1:
+            raise InputError("--episodes must be >= 1")
+        games = games[: config.episodes]
+    if not config.resume:
+        return games, 0
+    log = TrajectoryLog(config.log)
+    log.mark_interrupted(run_id)
+    done = log.finished_task_ids(run_id)
+    todo = [g for g in games if AlfWorldEnv(g).task_id not in done]
+    return todo, len(games) - len(todo)
+
+
+def run_bench(config: BenchConfig, on_episode: Callable[[EpisodeOutcome], None] | None = None
+              ) -> tuple[str, list[EpisodeOutcome]]:
+    """Play the configured games; returns (run id, outcomes of the games played now)."""
+    run_id = config.run_id()
+    games, _ = plan_games(config, run_id)
+    outcomes: list[EpisodeOutcome] = []
+    for outcome in _play_all(config, run_id, [str(g) for g in games]):
+        outcomes.append(outcome)
+        if on_episode:
+            on_episode(outcome)
+    return run_id, outcomes
+
+
+def _play_all(config: BenchConfig, run_id: str, games: list[str]) -> Iterator[EpisodeOutcome]:
+    if config.workers <= 1:
+        _init_worker(config, run_id)
+        for game in games:
+            yield play(game)
+        return
+    # spawn: llama.cpp and torch do not survive fork with threads already running.
+    with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn"),
+                             initializer=_init_worker, initargs=(config, run_id)) as pool:
+        futures: list[Future[EpisodeOutcome]] = [pool.submit(play, g) for g in games]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise

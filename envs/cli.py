@@ -1,0 +1,124 @@
+"""`agentkd bench alfworld` and `agentkd demo`: the product's main job from the command line."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agentkd.config import MODES
+from agentkd.envs.bench import BenchConfig, EpisodeOutcome, plan_games, run_bench
+from agentkd.errors import AgentKDError
+
+bench_app = typer.Typer(help="Run benchmarks on real environments.", no_args_is_help=True)
+console = Console()
+
+DEFAULT_STUDENT = "local/qwen2.5-coder-1.5b"
+
+
+def _run_with_progress(config: BenchConfig, title: str) -> str:
+    run_id = config.run_id()
+    config.run = run_id
+    games, skipped = plan_games(config, run_id)
+    config.resume = False  # plan_games already applied it; don't skip twice
+    if skipped:
+        console.print(f"[dim]{title}: resuming run {run_id}, {skipped} games already done[/dim]")
+    totals = {"done": 0, "won": 0, "cost": 0.0, "steps": 0, "teacher": 0}
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[stats]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(title, total=len(games), stats="")
+
+        def update(outcome: EpisodeOutcome) -> None:
+            totals["done"] += 1
+            totals["won"] += int(outcome.success)
+            totals["cost"] += outcome.cost_usd
+            totals["steps"] += outcome.steps
+            totals["teacher"] += outcome.teacher_steps
+            rate = totals["teacher"] / totals["steps"] if totals["steps"] else 0.0
+            progress.update(task, advance=1, stats=(
+                f"success {totals['won']}/{totals['done']}  cost ${totals['cost']:.4f}  "
+                f"teacher-call rate {rate:.0%}"))
+
+        try:
+            run_bench(config, on_episode=update)
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted[/yellow]; continue with --resume --run {run_id}")
+            raise typer.Exit(130) from None
+    return run_id
+
+
+def _print_report(log: str, run_ids: list[str], as_json: bool = False) -> None:
+    from agentkd.log import TrajectoryLog
+    from agentkd.report import run_summaries, summary_table
+
+    summaries = run_summaries(TrajectoryLog(log), run_ids=run_ids)
+    if as_json:
+        typer.echo(json.dumps([s.model_dump() for s in summaries], indent=2))
+    else:
+        console.print(summary_table(summaries))
+
+
+@bench_app.command("alfworld")
+def bench_alfworld(
+    mode: str = typer.Option("distill", help=f"One of: {', '.join(MODES)}."),
+    split: str = typer.Option("valid_seen", help="train, valid_seen, valid_unseen, valid_train."),
+    teacher: str = typer.Option("alfworld/expert", help="litellm model string of the teacher."),
+    student: str = typer.Option(DEFAULT_STUDENT, help="litellm model string of the student."),
+    episodes: int = typer.Option(None, help="Play only the first N games of the split."),
+    offset: int = typer.Option(0, help="Skip the first games of the split."),
+    workers: int = typer.Option(1, help="Worker processes (each loads its own models)."),
+    demos: str = typer.Option(None, help="Demo store folder (icd/distill read it; collect "
+                                         "writes it)."),
+    log: str = typer.Option("sqlite:///agentkd.db", help="SQLAlchemy URL of the log."),
+    run: str = typer.Option(None, help="Run id (default: generated)."),
+    resume: bool = typer.Option(False, help="Skip games this run already finished."),
+    max_steps: int = typer.Option(50, help="Step cap per episode."),
+    samples: int = typer.Option(3, help="Student samples per step (distill)."),
+    k: int = typer.Option(6, help="Demo windows per step."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Play ALFWorld games with the reference ReAct agent under one mode, logged and resumable."""
+    config = BenchConfig(mode=mode, teacher=teacher, student=student, split=split,
+                         episodes=episodes, offset=offset, workers=workers, demos=demos,
+                         log=log, run=run, resume=resume, max_steps=max_steps,
+                         cascade={"samples": samples}, retrieval={"k": k})
+    try:
+        run_id = _run_with_progress(config, f"{mode} on {split}")
+        _print_report(log, [run_id], as_json)
+    except AgentKDError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def demo(
+    workdir: Path = typer.Option(Path(".agentkd"), help="Where the log and demo store go."),
+    train_games: int = typer.Option(20, help="Train games the teacher plays to collect demos."),
+    games: int = typer.Option(2, help="valid_seen games each mode is evaluated on."),
+    max_steps: int = typer.Option(15, help="Step cap per evaluation episode."),
+    student: str = typer.Option(DEFAULT_STUDENT, help="Student model (litellm string)."),
+) -> None:
+    """The offline story: collect demos with the expert, then compare every mode."""
+    log = f"sqlite:///{(workdir / 'demo.db').resolve()}"
+    demos = str(workdir / "demos")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs = []
+    plan = [("collect", "train", train_games, 50), ("teacher", "valid_seen", games, max_steps),
+            ("student", "valid_seen", games, max_steps), ("icd", "valid_seen", games, max_steps),
+            ("distill", "valid_seen", games, max_steps)]
+    try:
+        for mode, split, n, steps in plan:
+            config = BenchConfig(mode=mode, student=student, split=split, episodes=n,
+                                 demos=demos if mode in ("collect", "icd", "distill") else None,
+                                 log=log, run=f"demo-{stamp}-{mode}", max_steps=steps,
+                                 retrieval={"k": 3, "window_before": 1, "window_after": 1})
+            runs.append(_run_with_progress(config, f"{mode:8s} {split}"))
+    except AgentKDError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _print_report(log, runs)
+    console.print(f"log: {log}\ndemos: {demos}\nagain: agentkd report --log {log}")
