@@ -25,8 +25,12 @@ from agentkd.errors import (
     StoreError,
     TeacherError,
 )
+from agentkd.local_models import register as _register_local
 from agentkd.log import TrajectoryLog
 from agentkd.report import RunSummary, run_summaries
+
+# Makes litellm route "local/..." models to the in-process llama.cpp backend.
+_register_local()
 
 __version__ = "0.1.0"
 
