@@ -30,10 +30,11 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     select,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -260,19 +261,20 @@ class TrajectoryLog:
                     calls: Sequence[CallRecord]) -> int:
         """Write a step, its calls and the episode's new totals in one transaction."""
         cost = sum(c.cost_usd for c in calls)
-        with self._write_lock(), self.session() as s, s.begin():
-            row = Step(
-                episode_id=episode_id, idx=step.idx, prompt_hash=step.prompt_hash,
-                new_messages=step.new_messages, observation=step.observation,
-                demo_ids=step.demo_ids, demo_block=step.demo_block, samples=step.samples,
-                agreement=step.agreement, verdict=step.verdict, actor=step.actor,
-                final_action=step.final_action, final_text=step.final_text, cost_usd=cost,
-                latency_ms=step.latency_ms,
-            )
-            s.add(row)
-            s.flush()
-            self._add_calls(s, run_id, episode_id, row.id, calls)
-            s.execute(
+        # Core statements, not the ORM unit of work: this runs on every agent step.
+        with self._write_lock(), self.engine.begin() as conn:
+            step_id = conn.execute(
+                insert(Step).returning(Step.id),
+                {"episode_id": episode_id, "idx": step.idx, "prompt_hash": step.prompt_hash,
+                 "new_messages": step.new_messages, "observation": step.observation,
+                 "demo_ids": step.demo_ids, "demo_block": step.demo_block,
+                 "samples": step.samples, "agreement": step.agreement, "verdict": step.verdict,
+                 "actor": step.actor, "final_action": step.final_action,
+                 "final_text": step.final_text, "cost_usd": cost,
+                 "latency_ms": step.latency_ms, "created_at": utcnow()},
+            ).scalar_one()
+            self._insert_calls(conn, run_id, episode_id, step_id, calls)
+            conn.execute(
                 update(Episode)
                 .where(Episode.id == episode_id)
                 .values(
@@ -281,31 +283,33 @@ class TrajectoryLog:
                     cost_usd=Episode.cost_usd + cost,
                 )
             )
-            return row.id
+            return int(step_id)
 
     def record_calls(self, run_id: str, episode_id: int | None,
                      calls: Iterable[CallRecord]) -> None:
         """Write calls that belong to no step (e.g. a failed teacher call, memory calls)."""
         calls = list(calls)
         cost = sum(c.cost_usd for c in calls)
-        with self._write_lock(), self.session() as s, s.begin():
-            self._add_calls(s, run_id, episode_id, None, calls)
+        with self._write_lock(), self.engine.begin() as conn:
+            self._insert_calls(conn, run_id, episode_id, None, calls)
             if episode_id is not None and cost:
-                s.execute(update(Episode).where(Episode.id == episode_id)
-                          .values(cost_usd=Episode.cost_usd + cost))
+                conn.execute(update(Episode).where(Episode.id == episode_id)
+                             .values(cost_usd=Episode.cost_usd + cost))
 
     @staticmethod
-    def _add_calls(s: Session, run_id: str, episode_id: int | None, step_id: int | None,
-                   calls: Iterable[CallRecord]) -> None:
-        s.add_all(
-            LLMCall(
-                run_id=run_id, episode_id=episode_id, step_id=step_id, role=c.role,
-                model=c.model, provider=c.provider, n=c.n, prompt_tokens=c.prompt_tokens,
-                completion_tokens=c.completion_tokens, cost_usd=c.cost_usd,
-                latency_ms=c.latency_ms, error=scrub(c.error) if c.error else None,
-            )
+    def _insert_calls(conn: Connection, run_id: str, episode_id: int | None,
+                      step_id: int | None, calls: Sequence[CallRecord]) -> None:
+        if not calls:
+            return
+        now = utcnow()
+        conn.execute(insert(LLMCall), [
+            {"run_id": run_id, "episode_id": episode_id, "step_id": step_id, "role": c.role,
+             "model": c.model, "provider": c.provider, "n": c.n,
+             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+             "cost_usd": c.cost_usd, "latency_ms": c.latency_ms,
+             "error": scrub(c.error) if c.error else None, "created_at": now}
             for c in calls
-        )
+        ])
 
     def finish_episode(self, episode_id: int, *, status: str, success: bool | None,
                        reward: float | None = None, error: str | None = None,
