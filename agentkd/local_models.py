@@ -19,6 +19,9 @@ Environment: ``AGENTKD_CACHE`` (cache root; joined models go to ``$AGENTKD_CACHE
 default ``~/.cache/agentkd/models``), ``AGENTKD_LOCAL_N_CTX`` (context length, default 4096),
 ``AGENTKD_LOCAL_N_THREADS`` (default: the CPU cores this process may use).
 
+Each response carries llama.cpp's per-sample counters as a list of `SampleTiming` dicts in
+``response._hidden_params["local_timings"]``; usage counts the prompt once.
+
 Unset sampling parameters take llama-cpp-python's chat defaults (temperature 0.2, top_p 0.95,
 top_k 40, min_p 0.05). ``stream=True``, tools and response formats are not supported.
 
