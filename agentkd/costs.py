@@ -15,16 +15,23 @@ import litellm
 from agentkd.errors import ConfigError
 
 _warned_unpriced: set[str] = set()
+_labels: dict[str, str] = {}
 _lock = threading.Lock()
 
 
-def register_price(model: str, input_per_mtok: float, output_per_mtok: float) -> None:
-    """Price `model` (a litellm model string) at USD per million input / output tokens."""
+def register_price(model: str, input_per_mtok: float, output_per_mtok: float,
+                   label: str | None = None) -> None:
+    """Price `model` (a litellm model string) at USD per million input / output tokens.
+
+    `label` is shown beside the model in reports (e.g. "priced oracle teacher").
+    """
     if input_per_mtok < 0 or output_per_mtok < 0:
         raise ConfigError(
             f"prices for {model!r} must be >= 0 USD per million tokens, "
             f"got input={input_per_mtok}, output={output_per_mtok}"
         )
+    if label:
+        _labels[model] = label
     provider = model.split("/", 1)[0] if "/" in model else "openai"
     # litellm warns that custom models have no cache-token prices; irrelevant here.
     logger = logging.getLogger("LiteLLM")
@@ -47,6 +54,11 @@ def _register(model: str, provider: str, input_per_mtok: float, output_per_mtok:
             }
         }
     )
+
+
+def model_label(model: str) -> str | None:
+    """The report label registered for `model`, if any."""
+    return _labels.get(model)
 
 
 def price_per_token(model: str) -> tuple[float, float] | None:

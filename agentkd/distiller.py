@@ -28,6 +28,7 @@ from agentkd import intercept, llm
 from agentkd.cascades import ActionExtractor, Gate, default_extractor, extract_action
 from agentkd.cascades.gate import Equivalence
 from agentkd.config import Budget, Cascade, Retrieval, check_mode, validated
+from agentkd.costs import model_label
 from agentkd.episode import EpisodeScope, current_episode
 from agentkd.errors import BudgetExceeded, InputError, TeacherError
 from agentkd.log import CallRecord, StepRecord, TrajectoryLog
@@ -80,7 +81,7 @@ class Distiller:
         template: demo formatting function.
         teacher_kwargs, student_kwargs: extra litellm kwargs per side (api_base, ...).
         teacher_retries: retries of a failing teacher call (litellm's retry machinery).
-        label: free text shown in reports (e.g. "priced oracle teacher").
+        label: free text shown in reports; defaults to the teacher's `register_price` label.
     """
 
     def __init__(
@@ -124,7 +125,7 @@ class Distiller:
         self.demos = self._open_demos(demos)
         self.run_id = run or f"{self.mode}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.log.ensure_run(
-            self.run_id, mode=self.mode, teacher=teacher, label=label,
+            self.run_id, mode=self.mode, teacher=teacher, label=label or model_label(teacher),
             student=student if self.mode not in ("teacher", "collect") else None,
             config={"cascade": self.cascade.model_dump(), "retrieval": self.retrieval.model_dump(),
                     "budget": self.budget.model_dump(),

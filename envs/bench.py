@@ -67,7 +67,6 @@ def _distiller(config: BenchConfig, run_id: str) -> Any:
         teacher=config.teacher, student=config.student, mode=config.mode,
         cascade=Cascade(**config.cascade), retrieval=Retrieval(**config.retrieval),
         demos=config.demos, log=config.log, run=run_id, equivalent=same_admissible_command,
-        label=expert.ORACLE_LABEL if config.teacher == expert.EXPERT_MODEL else None,
     )
 
 

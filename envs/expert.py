@@ -60,7 +60,7 @@ class AlfWorldExpert(CustomLLM):
 
 def set_expert_price(input_per_mtok: float, output_per_mtok: float) -> None:
     """Price the expert's tokens (USD per million) — e.g. at the teacher it stands in for."""
-    register_price(EXPERT_MODEL, input_per_mtok, output_per_mtok)
+    register_price(EXPERT_MODEL, input_per_mtok, output_per_mtok, label=ORACLE_LABEL)
 
 
 def register() -> None:
