@@ -339,6 +339,8 @@ class _Loaded:
 _models: dict[str, _Loaded] = {}
 _models_lock = threading.Lock()
 _atexit_registered = False
+# A daemon thread may be mid-generation at exit; freeing its model under it would crash.
+_EXIT_WAIT_S = 5.0
 
 
 def _load(model: str) -> _Loaded:
@@ -373,7 +375,7 @@ def _load(model: str) -> _Loaded:
         if not _atexit_registered:
             # Registered after llama_cpp's import, so it runs before llama_cpp tears down;
             # an unclosed Llama's finaliser prints a traceback at interpreter exit.
-            atexit.register(close_all)
+            atexit.register(close_all, timeout=_EXIT_WAIT_S)
             _atexit_registered = True
         return loaded
 
@@ -387,14 +389,24 @@ def get_llama(model: str) -> Llama:
     return _load(model).llama
 
 
-def close_all() -> None:
-    """Close every loaded model and free its memory; later calls load them again."""
+def close_all(timeout: float | None = None) -> None:
+    """Close every loaded model and free its memory; later calls load them again.
+
+    A model still generating after `timeout` seconds is left open rather than freed under
+    the thread using it (None waits as long as it takes).
+    """
     with _models_lock:
         loaded = list(_models.values())
         _models.clear()
     for item in loaded:
-        with item.lock, contextlib.suppress(Exception):  # closing at exit must not raise
-            item.llama.close()
+        if not item.lock.acquire(timeout=-1 if timeout is None else timeout):
+            log.warning("%s is still generating; not closed", item.path.name)
+            continue
+        try:
+            with contextlib.suppress(Exception):  # closing at exit must not raise
+                item.llama.close()
+        finally:
+            item.lock.release()
 
 
 @dataclass

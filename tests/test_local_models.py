@@ -235,6 +235,22 @@ def test_importing_agentkd_does_not_import_llama_cpp():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_close_all_never_frees_a_model_that_is_generating(monkeypatch):
+    class FakeLlama:
+        closed = 0
+
+        def close(self) -> None:
+            FakeLlama.closed += 1
+
+    busy = lm._Loaded(FakeLlama(), Path("busy.gguf"))  # type: ignore[arg-type]
+    idle = lm._Loaded(FakeLlama(), Path("idle.gguf"))  # type: ignore[arg-type]
+    monkeypatch.setattr(lm, "_models", {"busy": busy, "idle": idle})
+    with busy.lock:  # as if another thread were sampling
+        lm.close_all(timeout=0.05)
+    assert FakeLlama.closed == 1
+    assert lm._models == {}
+
+
 def test_streaming_is_refused_clearly():
     with pytest.raises(Exception, match="do not stream"):
         lm.LocalLLM().completion(SMOL, [], optional_params={"stream": True})
