@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 
-from agentkd.retrieval.keys import message_text
-from agentkd.retrieval.store import DemoEpisode, DemoStep, DemoStore
 from sqlalchemy import select
 
 from agentkd.log import Episode, Step, TrajectoryLog
+from agentkd.retrieval.keys import message_text
+from agentkd.retrieval.store import DemoEpisode, DemoStep, DemoStore
 
 _ACTION_LINE = re.compile(r"^\s*\**action\**\s*[:：].*$|^\s*>.*$", re.IGNORECASE | re.MULTILINE)
 _THOUGHT_PREFIX = re.compile(r"^\s*\**thought\**\s*[:：]\s*", re.IGNORECASE)

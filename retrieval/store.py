@@ -11,7 +11,10 @@ Each step's vector is [goal ‖ plan ‖ observation] of L2-normalised embedding
 same layout scaled by the key weights, so one inner-product search scores
 ``w_goal·cos(goal) + w_plan·cos(plan) + w_obs·cos(obs)`` and weights can change per query.
 The index is exact (flat) below `approx_threshold` steps and HNSW above it. Adding demos only
-appends; an index missing its newest vectors (a crash before flush) is topped up on open.
+appends: rows and vectors are durable when `add` returns, and `index.faiss` is a cache of them.
+On open, an index missing its newest vectors is topped up from ``vectors.f32``, and an
+unreadable or inconsistent one is rebuilt from it; vectors left over from an `add` that never
+committed (a crash) are cut off. One process writes a store at a time.
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ from typing import Any
 
 import faiss
 import numpy as np
-from agentkd.retrieval.embedder import DEFAULT_MODEL, Embedder, get_embedder
-from agentkd.retrieval.keys import StepKey
 
 from agentkd.config import KeyWeights, Retrieval
 from agentkd.errors import StoreError
+from agentkd.retrieval.embedder import DEFAULT_MODEL, Embedder, get_embedder
+from agentkd.retrieval.keys import StepKey
 
 FORMAT_VERSION = 1
+DEFAULT_APPROX_THRESHOLD = 50_000
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+_MAX_CANDIDATES = 16_384  # search widening stops here (see `DemoStore.search`)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (
     id INTEGER PRIMARY KEY, source TEXT, task_id TEXT, task_type TEXT,
@@ -82,6 +88,31 @@ class DemoWindow:
     task_type: str | None
     steps: list[DemoStep] = field(default_factory=list)
     first_step: int = 0
+    """Index in its episode of ``steps[0]``; the hit is ``steps[hit_step - first_step]``."""
+
+
+def new_index(kind: str, width: int) -> faiss.Index:
+    """An empty index of `kind` ("flat" or "hnsw") for `width`-wide inner-product search."""
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(width, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+        return index
+    if kind == "flat":
+        return faiss.IndexFlatIP(width)
+    raise StoreError(f"unknown index kind {kind!r} in the store metadata (flat or hnsw)")
+
+
+def index_kind(index: faiss.Index) -> str:
+    if isinstance(index, faiss.IndexHNSWFlat):
+        return "hnsw"
+    if isinstance(index, faiss.IndexFlat):
+        return "flat"
+    return type(index).__name__
+
+
+def _canonical_model(name: str) -> str:
+    return name.removeprefix("sentence-transformers/")
 
 
 class DemoStore:
@@ -89,7 +120,7 @@ class DemoStore:
 
     >>> store = DemoStore.open("demos/", create=True)        # doctest: +SKIP
     >>> store.add(DemoEpisode(goal="put a mug in the coffee machine", steps=[...]))
-    >>> store.search(StepKey(goal=..., observation=...), k=6)
+    >>> store.search(StepKey(goal=..., observation=...), Retrieval(k=6))
     """
 
     def __init__(self, path: Path, embedder: Embedder, meta: dict[str, Any]) -> None:
@@ -100,22 +131,28 @@ class DemoStore:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path / "demos.sqlite", check_same_thread=False)
         self._db.executescript(_SCHEMA)
-        self._index = self._load_index()
-        self._dirty = False
         self._text_cache: dict[str, np.ndarray] = {}
+        self._dim_checked = False
+        self._saved = 0  # vectors held by index.faiss on disk
+        self._dirty = False
+        self._index = self._load_index()
 
     # ---- opening -------------------------------------------------------------------------
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, embedding_model: str | None = None,
-             create: bool = False, approx_threshold: int = 50_000) -> DemoStore:
+             create: bool = False, approx_threshold: int | None = None) -> DemoStore:
         """Open the store at `path`; with `create=True` make it when it does not exist.
 
         Opening with an `embedding_model` other than the one the store was built with is an
-        error: vectors from two models are not comparable.
+        error: vectors from two models are not comparable. `approx_threshold` (steps above
+        which the index becomes HNSW; default 50,000) is stored with a new store; given for an
+        existing one it replaces the stored value.
         """
         folder = Path(path)
         meta_file = folder / "meta.json"
+        if approx_threshold is not None and approx_threshold < 1:
+            raise StoreError(f"approx_threshold must be >= 1, got {approx_threshold}")
         if not meta_file.exists():
             if not create:
                 raise StoreError(
@@ -126,85 +163,153 @@ class DemoStore:
             model = embedding_model or DEFAULT_MODEL
             embedder = get_embedder(model)
             meta = {"format": FORMAT_VERSION, "embedding_model": model, "dim": embedder.dim,
-                    "approx_threshold": approx_threshold, "index": "flat"}
-            meta_file.write_text(json.dumps(meta, indent=2))
-            return cls(folder, embedder, meta)
+                    "approx_threshold": approx_threshold or DEFAULT_APPROX_THRESHOLD,
+                    "index": "flat"}
+            _write_json(meta_file, meta)
+            store = cls(folder, embedder, meta)
+            store._dim_checked = True
+            return store
         try:
             meta = json.loads(meta_file.read_text())
-            stored_model = meta["embedding_model"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise StoreError(f"demo store metadata {meta_file} is unreadable ({exc})") from None
-        if embedding_model and embedding_model != stored_model:
+            stored_model = str(meta["embedding_model"])
+            int(meta["dim"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"demo store metadata {meta_file} is unreadable ({exc!r})") from None
+        if int(meta.get("format", 1)) > FORMAT_VERSION:
+            raise StoreError(f"demo store {folder} has format {meta['format']}, newer than this "
+                             f"agentkd understands ({FORMAT_VERSION}); upgrade agentkd")
+        if embedding_model and _canonical_model(embedding_model) != _canonical_model(stored_model):
             raise StoreError(
                 f"demo store {folder} was built with embedding model {stored_model!r}, not "
                 f"{embedding_model!r}; open it with that model or build a new store"
             )
-        return cls(folder, get_embedder(stored_model), meta)
+        if approx_threshold is not None and approx_threshold != meta.get("approx_threshold"):
+            meta["approx_threshold"] = approx_threshold
+            _write_json(meta_file, meta)
+        meta.setdefault("approx_threshold", DEFAULT_APPROX_THRESHOLD)
+        store = cls(folder, get_embedder(stored_model), meta)
+        with store._lock:
+            store._maybe_go_approximate()
+        return store
 
     @property
     def _vector_width(self) -> int:
         return 3 * self.dim
 
-    def _stored_vectors(self) -> np.ndarray:
-        file = self.path / "vectors.f32"
-        if not file.exists():
-            return np.zeros((0, self._vector_width), dtype=np.float32)
-        raw = np.fromfile(file, dtype=np.float32)
-        if raw.size % self._vector_width:
-            raise StoreError(f"{file} is truncated or corrupted (size not a whole number of "
-                             f"vectors); rebuild the store with `agentkd demos build`")
-        return raw.reshape(-1, self._vector_width)
+    @property
+    def _vector_file(self) -> Path:
+        return self.path / "vectors.f32"
 
-    def _new_index(self, kind: str) -> faiss.Index:
-        if kind == "hnsw":
-            index = faiss.IndexHNSWFlat(self._vector_width, 32, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = 80
-            index.hnsw.efSearch = 128
-            return index
-        return faiss.IndexFlatIP(self._vector_width)
+    def _stored_vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows `start:stop` of vectors.f32 (memory-mapped; only those pages are read)."""
+        file = self._vector_file
+        width = self._vector_width
+        count = file.stat().st_size // (4 * width) if file.exists() else 0
+        stop = count if stop is None else min(stop, count)
+        if stop <= start:
+            return np.zeros((0, width), dtype=np.float32)
+        mapped = np.memmap(file, dtype=np.float32, mode="r", shape=(count, width))
+        return np.ascontiguousarray(mapped[start:stop])
+
+    def _check_vector_file(self, rows: int) -> None:
+        """vectors.f32 must hold exactly `rows` vectors; cut off leftovers of a failed add."""
+        file = self._vector_file
+        size = file.stat().st_size if file.exists() else 0
+        need = rows * self._vector_width * 4
+        if size < need:
+            raise StoreError(
+                f"{file} is truncated: it holds {size // (self._vector_width * 4)} whole "
+                f"vectors but the store has {rows} steps; the store is damaged, rebuild it "
+                f"with `agentkd demos build`"
+            )
+        if size > need:
+            warnings.warn(f"{file} holds vectors past its {rows} steps (an add that did not "
+                          f"complete); cutting them off", stacklevel=4)
+            with open(file, "r+b") as f:
+                f.truncate(need)
+
+    def _read_index_file(self, rows: int) -> faiss.Index | None:
+        """The saved index if it is usable: readable, right kind and width, a prefix of the
+        stored vectors. None otherwise (with a warning when a file was there)."""
+        index_file = self.path / "index.faiss"
+        if not index_file.exists():
+            return None
+        try:
+            index = faiss.read_index(str(index_file))
+        except RuntimeError as exc:
+            reason = f"unreadable ({str(exc).splitlines()[0][:120]})"
+        else:
+            kind = self.meta.get("index", "flat")
+            if index.d != self._vector_width or index_kind(index) != kind:
+                reason = f"not a {kind} index of width {self._vector_width}"
+            elif index.ntotal > rows:
+                reason = f"holds {index.ntotal} vectors but the store has {rows} steps"
+            elif index.ntotal and not np.array_equal(
+                    index.reconstruct(index.ntotal - 1),
+                    self._stored_vectors(index.ntotal - 1, index.ntotal)[0]):
+                reason = "does not match vectors.f32"
+            else:
+                return index
+        warnings.warn(f"{index_file} is {reason}; rebuilding it from vectors.f32", stacklevel=4)
+        return None
 
     def _load_index(self) -> faiss.Index:
-        rows = self._db.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
-        index_file = self.path / "index.faiss"
-        index = None
-        if index_file.exists():
-            try:
-                index = faiss.read_index(str(index_file))
-            except RuntimeError:
-                warnings.warn(f"{index_file} is corrupted; rebuilding it from vectors.f32",
-                              stacklevel=3)
-        if index is None or index.d != self._vector_width or index.ntotal > rows:
-            index = self._new_index(self.meta.get("index", "flat"))
+        rows = int(self._db.execute("SELECT COUNT(*) FROM steps").fetchone()[0])
+        self._check_vector_file(rows)
+        index = self._read_index_file(rows)
+        if index is None:
+            index = new_index(self.meta.get("index", "flat"), self._vector_width)
+        self._saved = int(index.ntotal)
         if isinstance(index, faiss.IndexHNSWFlat):
-            index.hnsw.efSearch = 128
-        if index.ntotal < rows:  # vectors appended after the last flush
-            vectors = self._stored_vectors()
-            if len(vectors) < rows:
-                raise StoreError(f"demo store {self.path} has {rows} steps but only "
-                                 f"{len(vectors)} vectors; rebuild it with `agentkd demos build`")
-            index.add(vectors[index.ntotal:rows])
+            index.hnsw.efSearch = HNSW_EF_SEARCH
+        if index.ntotal < rows:  # vectors added after the index was last written
+            self._add_to_index(index, index.ntotal, rows)
+            self._dirty = True
         return index
+
+    @staticmethod
+    def _chunks(start: int, stop: int, size: int = 65_536) -> list[tuple[int, int]]:
+        return [(lo, min(lo + size, stop)) for lo in range(start, stop, size)]
+
+    def _add_to_index(self, index: faiss.Index, start: int, stop: int) -> None:
+        for lo, hi in self._chunks(start, stop):  # bounded memory for large stores
+            index.add(self._stored_vectors(lo, hi))
 
     # ---- adding --------------------------------------------------------------------------
 
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        vectors = self.embedder.encode(texts)
+        if not self._dim_checked:
+            if vectors.shape[1] != self.dim:
+                raise StoreError(
+                    f"embedding model {self.embedder.name!r} gives {vectors.shape[1]}-d vectors "
+                    f"but demo store {self.path} holds {self.dim}-d ones; rebuild the store")
+            self._dim_checked = True
+        return vectors
+
     def _embed_cached(self, texts: list[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        found = {t: self._text_cache[t] for t in dict.fromkeys(texts) if t in self._text_cache}
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
-            for text, vec in zip(missing, self.embedder.encode(missing), strict=True):
-                if len(self._text_cache) > 4096:
-                    self._text_cache.clear()
-                self._text_cache[text] = vec
-        return np.stack([self._text_cache[t] for t in texts])
+            encoded = dict(zip(missing, self._encode(missing), strict=True))
+            if len(self._text_cache) + len(missing) > 4096:
+                self._text_cache.clear()
+            self._text_cache.update(encoded)
+            found.update(encoded)
+        return np.stack([found[t] for t in texts])
 
     def _vectors(self, goal: str, plan: str, observations: list[str]) -> np.ndarray:
         goal_vec = self._embed_cached([goal])[0]
         plan_vec = self._embed_cached([plan])[0] if plan else np.zeros(self.dim, np.float32)
-        obs = self.embedder.encode(observations)
+        obs = self._encode(observations)
         head = np.tile(np.concatenate([goal_vec, plan_vec]), (len(observations), 1))
         return np.ascontiguousarray(np.hstack([head, obs]), dtype=np.float32)
 
     def add(self, episode: DemoEpisode) -> int:
-        """Add one episode's steps; returns its id. Empty episodes are rejected."""
+        """Add one episode's steps; returns its id. Empty episodes are rejected.
+
+        Rows and vectors are durable when this returns; if it fails, the store is unchanged.
+        """
         if not episode.steps:
             raise StoreError("a demo episode needs at least one step")
         if not episode.goal:
@@ -212,50 +317,79 @@ class DemoStore:
         vectors = self._vectors(episode.goal, episode.plan,
                                 [s.observation for s in episode.steps])
         with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO episodes(source, task_id, task_type, goal, plan, success, cost_usd)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (episode.source, episode.task_id, episode.task_type, episode.goal, episode.plan,
-                 int(episode.success), episode.cost_usd),
-            )
-            episode_id = int(cur.lastrowid or 0)
-            first_row = self._index.ntotal
-            self._db.executemany(
-                "INSERT INTO steps(id, episode_id, idx, observation, reasoning, action)"
-                " VALUES (?,?,?,?,?,?)",
-                [(first_row + i, episode_id, i, s.observation, s.reasoning, s.action)
-                 for i, s in enumerate(episode.steps)],
-            )
-            with open(self.path / "vectors.f32", "ab") as f:
-                vectors.tofile(f)
-                f.flush()
-                os.fsync(f.fileno())
-            self._db.commit()
+            first_row = int(self._index.ntotal)
+            file = self._vector_file
+            size = file.stat().st_size if file.exists() else 0
+            if size != first_row * self._vector_width * 4:
+                raise StoreError(f"{file} changed under this process (another writer?); "
+                                 f"reopen the store")
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO episodes(source, task_id, task_type, goal, plan, success,"
+                    " cost_usd) VALUES (?,?,?,?,?,?,?)",
+                    (episode.source, episode.task_id, episode.task_type, episode.goal,
+                     episode.plan, int(episode.success), episode.cost_usd),
+                )
+                episode_id = int(cur.lastrowid or 0)
+                self._db.executemany(
+                    "INSERT INTO steps(id, episode_id, idx, observation, reasoning, action)"
+                    " VALUES (?,?,?,?,?,?)",
+                    [(first_row + i, episode_id, i, s.observation, s.reasoning, s.action)
+                     for i, s in enumerate(episode.steps)],
+                )
+                with open(file, "ab") as f:
+                    vectors.tofile(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                if file.exists():
+                    with open(file, "r+b") as f:
+                        f.truncate(size)
+                raise
             self._index.add(vectors)
             self._dirty = True
             self._maybe_go_approximate()
         return episode_id
 
     def _maybe_go_approximate(self) -> None:
-        if self.meta.get("index") == "flat" and self._index.ntotal >= self.meta["approx_threshold"]:
-            index = self._new_index("hnsw")
-            index.add(self._stored_vectors()[: self._index.ntotal])
+        if (self.meta.get("index") == "flat"
+                and self._index.ntotal >= int(self.meta["approx_threshold"])):
+            index = new_index("hnsw", self._vector_width)
+            self._add_to_index(index, 0, int(self._index.ntotal))
             self._index = index
             self.meta["index"] = "hnsw"
-            (self.path / "meta.json").write_text(json.dumps(self.meta, indent=2))
+            self._saved = 0
+            self._dirty = True
+            # The index goes first: meta saying "hnsw" beside a flat file means a rebuild.
+            self.flush(force=True)
+            _write_json(self.path / "meta.json", self.meta)
 
-    def flush(self) -> None:
-        """Write the index file (vectors and rows are already durable)."""
+    def flush(self, force: bool = False) -> None:
+        """Write the index file when it lags far enough behind (always with `force`).
+
+        Rows and vectors are durable as soon as `add` returns; the index file is a cache that
+        `open` tops up from vectors.f32, so it is rewritten (a full write) only once the steps
+        missing from it reach 2% of the store or 256 steps, and on `close`.
+        """
         with self._lock:
-            if self._dirty:
+            lag = int(self._index.ntotal) - self._saved
+            if self._dirty and (force or lag >= max(256, int(self._index.ntotal) // 50)):
                 tmp = self.path / "index.faiss.tmp"
                 faiss.write_index(self._index, str(tmp))
                 os.replace(tmp, self.path / "index.faiss")
+                self._saved = int(self._index.ntotal)
                 self._dirty = False
 
     def close(self) -> None:
-        self.flush()
-        self._db.close()
+        with self._lock:
+            try:
+                self._db.execute("SELECT 1")
+            except sqlite3.ProgrammingError:
+                return  # already closed
+            self.flush(force=True)
+            self._db.close()
 
     def __enter__(self) -> DemoStore:
         return self
@@ -269,57 +403,79 @@ class DemoStore:
         return int(self._index.ntotal)
 
     def query_vector(self, key: StepKey, weights: KeyWeights) -> np.ndarray:
+        """The (1, 3·dim) query for `key`: each part's embedding times its weight."""
         parts = [key.goal, key.plan, key.observation]
         texts = [t for t in parts if t]
         vecs = dict(zip(texts, self._embed_cached(texts), strict=True)) if texts else {}
         zero = np.zeros(self.dim, np.float32)
         return np.concatenate([
-            weights.goal * vecs.get(key.goal, zero) if key.goal else zero,
-            weights.plan * vecs.get(key.plan, zero) if key.plan else zero,
-            weights.observation * vecs.get(key.observation, zero) if key.observation else zero,
+            weights.goal * vecs[key.goal] if key.goal else zero,
+            weights.plan * vecs[key.plan] if key.plan else zero,
+            weights.observation * vecs[key.observation] if key.observation else zero,
         ]).astype(np.float32)[None, :]
 
     def search_rows(self, query: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw index search: (scores, row ids) of the `n` best steps."""
         with self._lock:
-            scores, rows = self._index.search(query, min(n, len(self)))
+            scores, rows = self._index.search(np.ascontiguousarray(query, dtype=np.float32),
+                                              max(1, min(n, len(self))))
         return scores[0], rows[0]
 
     def search(self, key: StepKey, config: Retrieval | None = None) -> list[DemoWindow]:
-        """The best step windows for `key`, best first, at most `config.k` of them."""
-        config = config or Retrieval()
-        if len(self) == 0:
+        """The best step windows for `key`, best first, at most `config.k` of them.
+
+        Each window is a matching step with `window_before` steps before and `window_after`
+        after it (fewer at the edges of its episode). At most `max_hits_per_episode` windows
+        come from one episode, and windows of one episode never overlap. When the best steps
+        crowd into few episodes the candidate list is widened until `k` windows are found.
+        """
+        config = config or Retrieval.model_validate({})
+        total = len(self)
+        if total == 0 or not (key.goal or key.plan or key.observation):
             return []
-        scores, rows = self.search_rows(self.query_vector(key, config.weights),
-                                        config.k * 8 * config.max_hits_per_episode + 16)
+        query = self.query_vector(key, config.weights)
+        n = min(total, config.k * config.max_hits_per_episode * 8 + 16)
+        while True:
+            scores, rows = self.search_rows(query, n)
+            chosen = self._choose(scores, rows, config)
+            if len(chosen) >= config.k or n >= min(total, _MAX_CANDIDATES):
+                break
+            n = min(total, _MAX_CANDIDATES, n * 4)
+        return [self._window(score, row, episode_id, idx, config)
+                for score, row, episode_id, idx in chosen]
+
+    def _choose(self, scores: np.ndarray, rows: np.ndarray,
+                config: Retrieval) -> list[tuple[float, int, int, int]]:
         located = self._locate([int(r) for r in rows if r >= 0])
-        hits_per_episode: dict[int, list[tuple[int, int]]] = {}
-        chosen: list[tuple[float, int, int, int, int]] = []
-        for score, row in zip(scores, rows, strict=False):
+        spans_of: dict[int, list[tuple[int, int]]] = {}
+        chosen: list[tuple[float, int, int, int]] = []
+        for score, row in zip(scores, rows, strict=True):
             if row < 0 or int(row) not in located:
                 continue
             episode_id, idx = located[int(row)]
             lo, hi = idx - config.window_before, idx + config.window_after
-            spans = hits_per_episode.setdefault(episode_id, [])
+            spans = spans_of.setdefault(episode_id, [])
             if len(spans) >= config.max_hits_per_episode:
                 continue
             if any(lo <= s_hi and s_lo <= hi for s_lo, s_hi in spans):
                 continue  # overlapping windows of one episode would repeat steps
             spans.append((lo, hi))
-            chosen.append((float(score), int(row), episode_id, idx, lo))
+            chosen.append((float(score), int(row), episode_id, idx))
             if len(chosen) == config.k:
                 break
-        return [self._window(score, row, episode_id, idx, config)
-                for score, row, episode_id, idx, _ in chosen]
+        return chosen
 
     def _locate(self, rows: Sequence[int]) -> dict[int, tuple[int, int]]:
         if not rows:
             return {}
-        marks = ",".join("?" * len(rows))
+        found: list[tuple[int, int, int]] = []
         with self._lock:
-            found = self._db.execute(
-                f"SELECT id, episode_id, idx FROM steps WHERE id IN ({marks})", list(rows)
-            ).fetchall()
+            for lo in range(0, len(rows), 900):  # SQLite's bound-parameter limit
+                part = list(rows[lo:lo + 900])
+                marks = ",".join("?" * len(part))
+                found += self._db.execute(
+                    f"SELECT id, episode_id, idx FROM steps WHERE id IN ({marks})", part
+                ).fetchall()
         return {r[0]: (r[1], r[2]) for r in found}
 
     def _window(self, score: float, row: int, episode_id: int, idx: int,
@@ -339,6 +495,18 @@ class DemoStore:
             steps=[DemoStep(observation=o, reasoning=r, action=a) for _, o, r, a in steps],
         )
 
+    def step(self, row: int) -> tuple[int, int, DemoStep]:
+        """(episode id, index in its episode, step) of stored step `row` (a `hit_row`)."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT episode_id, idx, observation, reasoning, action FROM steps WHERE id=?",
+                (int(row),)).fetchone()
+        if found is None:
+            raise StoreError(f"demo store {self.path} has no step {row}")
+        episode_id, idx, observation, reasoning, action = found
+        return episode_id, idx, DemoStep(observation=observation, reasoning=reasoning,
+                                         action=action)
+
     # ---- summaries -----------------------------------------------------------------------
 
     def sources(self) -> set[str]:
@@ -348,14 +516,21 @@ class DemoStore:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            episodes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) "
-                                        "FROM episodes").fetchone()
+            episodes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0), "
+                                        "COALESCE(SUM(success = 0), 0) FROM episodes").fetchone()
             types = dict(self._db.execute(
-                "SELECT COALESCE(task_type, '?'), COUNT(*) FROM episodes GROUP BY 1").fetchall())
+                "SELECT COALESCE(task_type, '?'), COUNT(*) FROM episodes GROUP BY 1 ORDER BY 1"
+            ).fetchall())
         size = sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
         return {
-            "path": str(self.path), "episodes": episodes[0], "steps": len(self),
-            "collection_cost_usd": float(episodes[1]), "task_types": types,
-            "embedding_model": self.meta["embedding_model"], "index": self.meta.get("index"),
-            "size_bytes": size,
+            "path": str(self.path), "episodes": episodes[0], "failed_episodes": episodes[2],
+            "steps": len(self), "collection_cost_usd": float(episodes[1]), "task_types": types,
+            "embedding_model": self.meta["embedding_model"], "dim": self.dim,
+            "index": self.meta.get("index"), "size_bytes": size,
         }
+
+
+def _write_json(file: Path, value: dict[str, Any]) -> None:
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, file)
