@@ -8,7 +8,6 @@ too (a hub name needs network on first use). Each model is loaded once per proce
 from __future__ import annotations
 
 import threading
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -36,9 +35,18 @@ class Embedder:
     def __init__(self, name: str = DEFAULT_MODEL) -> None:
         self.name = name
         self._lock = threading.Lock()
+        self._loaded: Any = None
 
-    @cached_property
+    @property
     def _model(self) -> Any:
+        """The sentence-transformers model, loaded on first use (once, even across threads)."""
+        if self._loaded is None:
+            with self._lock:
+                if self._loaded is None:
+                    self._loaded = self._load()
+        return self._loaded
+
+    def _load(self) -> Any:
         from sentence_transformers import SentenceTransformer
 
         path = _resolve(self.name)
@@ -57,8 +65,9 @@ class Embedder:
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        model = self._model
         with self._lock:  # the torch model is not safe to call from several threads at once
-            vectors = self._model.encode(
+            vectors = model.encode(
                 texts, batch_size=batch_size, normalize_embeddings=True,
                 convert_to_numpy=True, show_progress_bar=False,
             )

@@ -47,8 +47,11 @@ def inject_demos(messages: list[dict[str, Any]], block: str, placement: str = "s
         last_user = max((i for i, m in enumerate(out) if m.get("role") == "user"), default=len(out))
         out.insert(last_user, {"role": "user", "content": block})
         return out
-    if out and out[0].get("role") == "system" and isinstance(out[0].get("content"), str):
-        out[0]["content"] = f"{out[0]['content']}\n\n{block}"
+    first = out[0] if out else {}
+    if first.get("role") == "system" and isinstance(first.get("content"), str):
+        first["content"] = f"{first['content']}\n\n{block}"
+    elif first.get("role") == "system" and isinstance(first.get("content"), list):
+        first["content"] = [*first["content"], {"type": "text", "text": block}]
     else:
         out.insert(0, {"role": "system", "content": block})
     return out
