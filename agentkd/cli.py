@@ -31,6 +31,8 @@ def report(
     log: str = typer.Option("sqlite:///agentkd.db", help="SQLAlchemy URL of the log."),
     run: list[str] = typer.Option(None, help="Only these run ids (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML report "
+                              "(tables and charts, no network needed to view) to this file."),
 ) -> None:
     """Per run: episodes, success, steps, teacher-call rate, cost, relative cost, break-even."""
     from agentkd.log import TrajectoryLog
@@ -38,13 +40,60 @@ def report(
 
     try:
         summaries = run_summaries(TrajectoryLog(log), run_ids=run or None)
+        if html is not None:
+            from agentkd.dashboard import write_report
+
+            write_report(log, str(html), run or None)
+            console.print(f"wrote {html}", highlight=False)
     except AgentKDError as exc:
         fail(str(exc))
+        return
+    except ImportError as exc:  # the dashboard extra (jinja2, plotly) is not installed
+        fail(f"--html needs {exc.name}: pip install 'agentkd[dashboard]'")
         return
     if as_json:
         typer.echo(json.dumps([s.model_dump() for s in summaries], indent=2))
     else:
         console.print(summary_table(summaries))
+
+
+@app.command()
+def dashboard(
+    log: str = typer.Option("sqlite:///agentkd.db", help="SQLAlchemy URL of the log."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs "
+                             "a token."),
+    port: int = typer.Option(8765, help="TCP port."),
+    token: str = typer.Option(None, envvar="AGENTKD_DASHBOARD_TOKEN",
+                              help="Access token; generated when binding beyond loopback."),
+    cache: Path = typer.Option(None, help="File keeping the log's aggregates between starts "
+                               "(default: one per log under ~/.cache/agentkd/dashboard)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Aggregate the whole log afresh "
+                                  "and keep nothing on disk."),
+) -> None:
+    """Serve the cost dashboard for a log: runs, costs over time, cascade, episodes, models."""
+    import secrets
+
+    try:
+        from agentkd.dashboard import app as dashboard_app
+    except ImportError as exc:  # the dashboard extra is not installed
+        fail(f"the dashboard needs {exc.name}: pip install 'agentkd[dashboard]'")
+        return
+    if token is None and not dashboard_app.is_loopback(host):
+        token = secrets.token_urlsafe(24)
+        console.print(f"binding to {host}: generated an access token", highlight=False)
+    try:
+        from agentkd.dashboard.queries import default_cache
+
+        cache_file = None if no_cache else (cache or default_cache(log))
+        console.print("reading the log …", highlight=False)
+        dashboard_app.serve(
+            log, host=host, port=port, token=token, cache=cache_file,
+            on_progress=lambda table, done, top: console.print(
+                f"  {table}: {done:,} of {top:,} rows aggregated", highlight=False),
+            on_ready=lambda url: console.print(f"agentkd dashboard at {url}  (Ctrl-C to stop)",
+                                               highlight=False, soft_wrap=True))
+    except AgentKDError as exc:
+        fail(str(exc))
 
 
 @demos_app.command("build")
