@@ -1,7 +1,8 @@
 """Run summaries from the log: accuracy, cost, teacher-call rate, relative cost, break-even.
 
 Aggregation happens in SQL. The teacher baseline for a run is the cost per episode of the
-teacher-only runs (modes teacher and collect) with the same teacher model in the same log;
+`teacher`-mode runs with the same teacher model in the same log (the `collect` runs when there
+are none: they are teacher-only too, but usually on other tasks);
 the demo-collection cost is the total spend of its collect runs. Break-even episodes =
 collection cost / (teacher cost per episode − this run's cost per episode).
 """
@@ -57,11 +58,11 @@ def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> l
     with log.session() as s:
         rows = s.execute(query).all()
 
-    teacher_cpe: dict[str, list[tuple[int, float]]] = {}
+    teacher_cpe: dict[tuple[str, str], list[tuple[int, float]]] = {}
     collect_cost: dict[str, float] = {}
     for _run, mode, teacher, _, _, n, _, _, _, cost, total in rows:
         if mode in ("teacher", "collect") and n:
-            teacher_cpe.setdefault(teacher, []).append((int(n), float(cost or 0.0)))
+            teacher_cpe.setdefault((mode, teacher), []).append((int(n), float(cost or 0.0)))
         if mode == "collect":
             collect_cost[teacher] = collect_cost.get(teacher, 0.0) + float(total)
 
@@ -71,7 +72,8 @@ def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> l
             continue
         n = int(n or 0)
         cpe = float(cost) / n if n else None
-        baseline_runs = teacher_cpe.get(teacher, [])
+        baseline_runs = (teacher_cpe.get(("teacher", teacher))
+                         or teacher_cpe.get(("collect", teacher), []))
         baseline_n = sum(k for k, _ in baseline_runs)
         baseline = sum(c for _, c in baseline_runs) / baseline_n if baseline_n else None
         relative = cpe / baseline if cpe is not None and baseline else None

@@ -1,0 +1,123 @@
+"""Real ALFWorld games through the full pipeline: expert teacher, scripted students, the log."""
+
+from __future__ import annotations
+
+import pytest
+
+import agentkd
+from agentkd.envs import closest_admissible, expert, react_agent
+from agentkd.envs.alfworld import AlfWorldEnv, current_expert_action, data_dir, list_games
+from agentkd.envs.bench import BenchConfig, run_bench
+
+STUDENT = "scripted/student"
+
+
+def test_data_dir_errors_say_how_to_get_the_data(tmp_path, monkeypatch):
+    with pytest.raises(agentkd.ConfigError, match="alfworld-download"):
+        data_dir(tmp_path)
+    with pytest.raises(agentkd.InputError, match="unknown ALFWorld split"):
+        list_games("valid_nowhere")
+
+
+def test_games_are_real_and_each_env_is_its_own_game():
+    games = list_games("valid_seen")
+    assert len(games) == 140
+    a, b = AlfWorldEnv(games[0]), AlfWorldEnv(games[1])
+    try:
+        a.reset(), b.reset()
+        assert a.goal != b.goal and a.task_id != b.task_id
+        # Winning one game must not leak into the other (no shared env id).
+        while not a.won:
+            a.step(a.expert_action)
+        assert a.won and not b.won
+        assert b.step("fly to the moon")[0] == "Nothing happens."
+    finally:
+        a.close(), b.close()
+
+
+def test_closest_admissible_maps_typos_and_rejects_nonsense():
+    admissible = ["go to desk 1", "take mug 1 from desk 1", "look"]
+    assert closest_admissible("Go to desk 1.", admissible) == "go to desk 1"
+    assert closest_admissible("take mug1 from desk 1", admissible) == "take mug 1 from desk 1"
+    assert closest_admissible("launch the rocket", admissible) is None
+
+
+def test_expert_outside_an_episode_is_a_clear_error(log_url):
+    expert.register()
+    kd = agentkd.Distiller(teacher=expert.EXPERT_MODEL, mode="teacher", log=log_url)
+    token = current_expert_action.set(None)
+    try:
+        with pytest.raises(agentkd.TeacherError, match="inside an ALFWorld episode"):
+            kd.completion(messages=[{"role": "user", "content": "go"}])
+    finally:
+        current_expert_action.reset(token)
+
+
+def _expert_like_student(messages, n):
+    return [f"Thought: follow the plan.\nAction: {current_expert_action.get()}"] * n
+
+
+def test_collect_then_distill_on_real_games(scripted, log_url, tmp_path):
+    demos = str(tmp_path / "demos")
+    scripted.scripts[STUDENT] = _expert_like_student
+    common = {"log": log_url, "demos": demos, "max_steps": 40}
+    collect_run, collected = run_bench(BenchConfig(mode="collect", split="train", episodes=2,
+                                                   **common))
+    assert [o.success for o in collected] == [True, True]
+    # valid_seen game 0: the expert wins it in 5 steps every time (game 1 takes it 49-55).
+    distill_run, outcomes = run_bench(BenchConfig(mode="distill", split="valid_seen", episodes=1,
+                                                  student=STUDENT, **common))
+    assert all(o.success and o.teacher_steps == 0 for o in outcomes), outcomes
+
+    log = agentkd.TrajectoryLog(log_url)
+    summaries = {s.mode: s for s in agentkd.run_summaries(log)}
+    assert summaries["collect"].label == "priced oracle teacher"
+    assert summaries["distill"].teacher_call_rate == 0.0
+    assert 0 < summaries["distill"].relative_cost < 1
+    assert summaries["distill"].break_even_episodes is not None
+    (episode,) = log.episodes(distill_run)
+    steps = log.steps(episode.id)
+    assert all(s.verdict == "student" and s.demo_block for s in steps)
+    assert "Expert examples in similar situations" in steps[0].demo_block
+    # Every student step's samples carry the action the env then executed.
+    assert all(s.samples[0]["action"] == s.final_action for s in steps)
+
+
+def test_disagreeing_student_defers_to_the_expert(scripted, log_url, tmp_path):
+    def split_student(messages, n):  # two samples follow the expert, one does not
+        right = f"Action: {current_expert_action.get()}"
+        return [right, "Action: inventory", right][:n]
+
+    scripted.scripts[STUDENT] = split_student
+    run_bench(BenchConfig(mode="collect", split="train", episodes=1, log=log_url,
+                          demos=str(tmp_path / "d")))
+    run_bench(BenchConfig(mode="teacher", split="valid_seen", episodes=1, log=log_url))
+    run_id, (outcome,) = run_bench(BenchConfig(
+        mode="distill", split="valid_seen", episodes=1, student=STUDENT, log=log_url,
+        demos=str(tmp_path / "d"), cascade={"samples": 3}))
+    assert outcome.success and outcome.teacher_steps == outcome.steps
+    (summary,) = agentkd.run_summaries(agentkd.TrajectoryLog(log_url), run_ids=[run_id])
+    # Same game as the teacher run, every step deferred: the student samples are pure extra.
+    assert summary.teacher_call_rate == 1.0 and summary.relative_cost > 1
+    assert summary.break_even_episodes is None
+
+
+def test_resume_skips_finished_games(log_url, tmp_path):
+    config = BenchConfig(mode="teacher", split="valid_seen", episodes=2, log=log_url,
+                         run="resumable")
+    run_bench(config)
+    _, outcomes = run_bench(BenchConfig(mode="teacher", split="valid_seen", episodes=3,
+                                        log=log_url, run="resumable", resume=True))
+    assert len(outcomes) == 1
+    episodes = agentkd.TrajectoryLog(log_url).episodes("resumable")
+    assert len({e.task_id for e in episodes}) == len(episodes) == 3
+
+
+def test_reference_agent_counts_invalid_actions(scripted, log_url):
+    scripted.scripts["scripted/teacher"] = lambda messages, n: ["Action: launch rocket"] * n
+    env = AlfWorldEnv(list_games("valid_seen")[0])
+    try:
+        result = react_agent(env, "scripted/teacher", max_steps=3)
+    finally:
+        env.close()
+    assert result.invalid_actions == 3 and not result.success
