@@ -47,7 +47,7 @@ def demo_episode_from_log(log: TrajectoryLog, episode: Episode) -> DemoEpisode |
 
 
 def demos_from_log(log: TrajectoryLog, run_id: str, store: DemoStore, *,
-                   include_failed: bool = False) -> int:
+                   include_failed: bool = False, batch: int = 64) -> int:
     """Add the episodes of `run_id` to `store`; returns how many were added.
 
     Episodes already in the store (same source) are skipped, so rebuilding is idempotent.
@@ -59,10 +59,10 @@ def demos_from_log(log: TrajectoryLog, run_id: str, store: DemoStore, *,
         episodes = list(s.scalars(query))
     known = store.sources()
     added = 0
-    for episode in episodes:
-        demo = demo_episode_from_log(log, episode)
-        if demo is not None and demo.source not in known:
-            store.add(demo)
-            added += 1
+    for lo in range(0, len(episodes), batch):  # embedded and committed `batch` at a time
+        demos = [d for d in (demo_episode_from_log(log, e) for e in episodes[lo:lo + batch])
+                 if d is not None and d.source not in known]
+        store.add_many(demos)
+        added += len(demos)
     store.flush()
     return added

@@ -298,24 +298,43 @@ class DemoStore:
             found.update(encoded)
         return np.stack([found[t] for t in texts])
 
-    def _vectors(self, goal: str, plan: str, observations: list[str]) -> np.ndarray:
-        goal_vec = self._embed_cached([goal])[0]
-        plan_vec = self._embed_cached([plan])[0] if plan else np.zeros(self.dim, np.float32)
-        obs = self._encode(observations)
-        head = np.tile(np.concatenate([goal_vec, plan_vec]), (len(observations), 1))
-        return np.ascontiguousarray(np.hstack([head, obs]), dtype=np.float32)
+    def _vectors(self, episodes: Sequence[DemoEpisode]) -> np.ndarray:
+        """[goal ‖ plan ‖ observation] rows of every step of `episodes`, in order.
+
+        All observations go to the embedder in one call: sorted into length buckets, they
+        embed several times faster than episode by episode.
+        """
+        goals = self._embed_cached([e.goal for e in episodes])
+        plans = [e.plan for e in episodes if e.plan]
+        plan_of = dict(zip(plans, self._embed_cached(plans), strict=True)) if plans else {}
+        obs = self._encode([s.observation for e in episodes for s in e.steps])
+        zero = np.zeros(self.dim, np.float32)
+        heads = np.concatenate([
+            np.tile(np.concatenate([goal, plan_of.get(e.plan, zero)]), (len(e.steps), 1))
+            for e, goal in zip(episodes, goals, strict=True)])
+        return np.ascontiguousarray(np.hstack([heads, obs]), dtype=np.float32)
 
     def add(self, episode: DemoEpisode) -> int:
         """Add one episode's steps; returns its id. Empty episodes are rejected.
 
         Rows and vectors are durable when this returns; if it fails, the store is unchanged.
         """
-        if not episode.steps:
-            raise StoreError("a demo episode needs at least one step")
-        if not episode.goal:
-            raise StoreError("a demo episode needs a goal (the task description)")
-        vectors = self._vectors(episode.goal, episode.plan,
-                                [s.observation for s in episode.steps])
+        return self.add_many([episode])[0]
+
+    def add_many(self, episodes: Sequence[DemoEpisode]) -> list[int]:
+        """Add several episodes at once (one embedding call, one commit); returns their ids.
+
+        All or nothing: if it fails, none of them is added.
+        """
+        episodes = list(episodes)
+        for episode in episodes:
+            if not episode.steps:
+                raise StoreError("a demo episode needs at least one step")
+            if not episode.goal:
+                raise StoreError("a demo episode needs a goal (the task description)")
+        if not episodes:
+            return []
+        vectors = self._vectors(episodes)
         with self._lock:
             first_row = int(self._index.ntotal)
             file = self._vector_file
@@ -323,20 +342,24 @@ class DemoStore:
             if size != first_row * self._vector_width * 4:
                 raise StoreError(f"{file} changed under this process (another writer?); "
                                  f"reopen the store")
+            ids: list[int] = []
             try:
-                cur = self._db.execute(
-                    "INSERT INTO episodes(source, task_id, task_type, goal, plan, success,"
-                    " cost_usd) VALUES (?,?,?,?,?,?,?)",
-                    (episode.source, episode.task_id, episode.task_type, episode.goal,
-                     episode.plan, int(episode.success), episode.cost_usd),
-                )
-                episode_id = int(cur.lastrowid or 0)
-                self._db.executemany(
-                    "INSERT INTO steps(id, episode_id, idx, observation, reasoning, action)"
-                    " VALUES (?,?,?,?,?,?)",
-                    [(first_row + i, episode_id, i, s.observation, s.reasoning, s.action)
-                     for i, s in enumerate(episode.steps)],
-                )
+                row = first_row
+                for episode in episodes:
+                    cur = self._db.execute(
+                        "INSERT INTO episodes(source, task_id, task_type, goal, plan, success,"
+                        " cost_usd) VALUES (?,?,?,?,?,?,?)",
+                        (episode.source, episode.task_id, episode.task_type, episode.goal,
+                         episode.plan, int(episode.success), episode.cost_usd),
+                    )
+                    ids.append(int(cur.lastrowid or 0))
+                    self._db.executemany(
+                        "INSERT INTO steps(id, episode_id, idx, observation, reasoning, action)"
+                        " VALUES (?,?,?,?,?,?)",
+                        [(row + i, ids[-1], i, s.observation, s.reasoning, s.action)
+                         for i, s in enumerate(episode.steps)],
+                    )
+                    row += len(episode.steps)
                 with open(file, "ab") as f:
                     vectors.tofile(f)
                     f.flush()
@@ -351,7 +374,7 @@ class DemoStore:
             self._index.add(vectors)
             self._dirty = True
             self._maybe_go_approximate()
-        return episode_id
+        return ids
 
     def _maybe_go_approximate(self) -> None:
         if (self.meta.get("index") == "flat"
