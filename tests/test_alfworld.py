@@ -121,3 +121,38 @@ def test_reference_agent_counts_invalid_actions(scripted, log_url):
     finally:
         env.close()
     assert result.invalid_actions == 3 and not result.success
+
+
+def test_alfworld_version_is_the_one_we_rely_on():
+    import importlib.metadata
+
+    from agentkd.envs.alfworld import TESTED_ALFWORLD_VERSION
+
+    assert importlib.metadata.version("alfworld") == TESTED_ALFWORLD_VERSION
+
+
+def test_appworld_without_its_package_or_data_says_how_to_install(monkeypatch):
+    import sys
+
+    from agentkd.envs.appworld import AppWorldEnv, list_tasks
+
+    monkeypatch.setitem(sys.modules, "appworld", None)  # as on a machine without appworld
+    with pytest.raises(agentkd.ConfigError, match="appworld download data"):
+        list_tasks("train")
+    with pytest.raises(agentkd.ConfigError, match="pip install appworld"):
+        AppWorldEnv("82e2fac_1").reset()
+    with pytest.raises(agentkd.InputError, match="unknown AppWorld split"):
+        list_tasks("nope")
+
+
+@pytest.mark.skip(reason="AppWorld's task data cannot be downloaded in this offline sandbox "
+                         "(appworld download data needs the network)")
+def test_appworld_task_round_trip():  # pragma: no cover - runs where the data exists
+    from agentkd.envs.appworld import AppWorldEnv, list_tasks
+
+    env = AppWorldEnv(list_tasks("dev")[0])
+    observation, _ = env.reset()
+    assert env.goal and "Task:" in observation
+    output, _, done, _ = env.step("print(apis.api_docs.show_app_descriptions())")
+    assert output and not done
+    env.close()
