@@ -1,0 +1,66 @@
+"""ALFWorld: success, steps, cost, relative cost, teacher-call rate and break-even per mode.
+
+Collects demos with the teacher on train games, then plays the same valid_seen subset in
+every mode with the reference ReAct agent, all in one log. Resumable: rerun with the same
+--workdir and it continues where it stopped.
+
+    python benchmarks/alfworld.py --train-games 60 --games 10 --max-steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from agentkd.envs.bench import BenchConfig, run_bench
+from agentkd.log import TrajectoryLog
+from agentkd.report import run_summaries, summary_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", type=Path, default=Path(".agentkd/bench-alfworld"))
+    parser.add_argument("--teacher", default="alfworld/expert")
+    parser.add_argument("--student", default="local/qwen2.5-coder-1.5b")
+    parser.add_argument("--train-games", type=int, default=60)
+    parser.add_argument("--games", type=int, default=10, help="valid_seen games per mode")
+    parser.add_argument("--max-steps", type=int, default=30)
+    parser.add_argument("--modes", default="teacher,student,icd,distill")
+    parser.add_argument("--k", type=int, default=3)
+    args = parser.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    log = f"sqlite:///{(args.workdir / 'log.db').resolve()}"
+    demos = str(args.workdir / "demos")
+    retrieval = {"k": args.k, "window_before": 1, "window_after": 1}
+    plan = [("collect", "train", args.train_games, 50)]
+    plan += [(mode, "valid_seen", args.games, args.max_steps) for mode in args.modes.split(",")]
+    console = Console()
+    runs, timings = [], {}
+    for mode, split, games, steps in plan:
+        run_id = f"bench-{mode}"
+        start = time.perf_counter()
+        _, outcomes = run_bench(BenchConfig(
+            mode=mode, teacher=args.teacher, student=args.student, split=split, episodes=games,
+            demos=demos if mode in ("collect", "icd", "distill") else None, log=log,
+            run=run_id, resume=True, max_steps=steps, retrieval=retrieval),
+            on_episode=lambda o, m=mode: console.print(
+                f"[dim]{m}: {o.task_id} success={o.success} steps={o.steps} "
+                f"invalid={o.invalid_actions} teacher_steps={o.teacher_steps}[/dim]"))
+        timings[run_id] = {"seconds": time.perf_counter() - start, "episodes_now": len(outcomes)}
+        runs.append(run_id)
+    summaries = run_summaries(TrajectoryLog(log), run_ids=runs)
+    console.print(summary_table(summaries, title="ALFWorld (valid_seen subset)"))
+    out = Path(__file__).parent / "results" / "alfworld.json"
+    out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                               "runs": [s.model_dump() for s in summaries],
+                               "timings": timings}, indent=2))
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
