@@ -133,6 +133,10 @@ from agentkd.envs.cli import bench_app, demo  # noqa: E402  (the envs sub-app im
 app.add_typer(bench_app, name="bench")
 app.command("demo")(demo)
 
+from agentkd.memory.cli import memory_app  # noqa: E402
+
+app.add_typer(memory_app, name="memory")
+
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,228 @@
+"""`agentkd memory ...`: build the cached rollout table, train routers with PPO, evaluate.
+
+    agentkd memory train --data locomo --lambda 0.5 --out router.pt
+    agentkd memory eval --router router.pt
+
+Both commands are interruptible (Ctrl-C) and resumable: module calls and per-query outcomes
+live in a SQLite rollout cache (default: `memory-cache/` beside the router file) and eval rows
+in a JSONL file there, so rerunning the same command continues where it stopped. A λ sweep
+re-reads the table and costs no LLM calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agentkd.errors import AgentKDError, ConfigError
+
+memory_app = typer.Typer(help="BudgetMem: tiered memory modules with an RL-trained router.",
+                         no_args_is_help=True)
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=console)
+
+
+def ensure_models(models: set[str]) -> None:
+    """Register the offline `local/...` provider when a configured model needs it."""
+    if any(m.startswith("local/") for m in models):
+        try:
+            from agentkd import local_models
+        except ImportError as exc:
+            raise ConfigError(f"local models need agentkd.local_models ({exc}); "
+                              "pip install 'agentkd[local]'") from None
+        local_models.register()
+
+
+def _config(config_file: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"memory config file not found: {config_file}")
+        try:
+            data = json.loads(config_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"memory config {config_file} is not valid JSON: {exc}") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return data
+
+
+def _scorer(judge_model: str | None) -> tuple[Any, str]:
+    from agentkd.memory.metrics import judge_score, token_f1
+
+    if judge_model:
+        def judge(qa: Any, answer: str) -> float:
+            return judge_score(judge_model, qa.question, answer, qa.answer)[0]
+        return judge, f"judge:{judge_model}"
+    return (lambda qa, answer: token_f1(answer, qa.answer)), "f1"
+
+
+def _out_paths(out: Path, lambdas: list[float]) -> list[Path]:
+    if len(lambdas) == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-lambda{lam:g}{out.suffix}") for lam in lambdas]
+
+
+@memory_app.command()
+def train(
+    data: str = typer.Option("locomo", help="locomo | longmemeval | hotpotqa."),
+    data_path: Path = typer.Option(None, help="Dataset JSON (LoCoMo defaults to shared/data)."),
+    lambdas: list[float] = typer.Option([0.5], "--lambda", help="Cost weight λ (repeatable: "
+                                        "a sweep writes <out>-lambda<λ>.pt per value)."),
+    out: Path = typer.Option(Path("router.pt"), help="Router file to write."),
+    per_sample: int = typer.Option(2, help="Training questions per conversation/sample, "
+                                   "round-robin over categories (0 = all)."),
+    cache_dir: Path = typer.Option(None, help="Rollout cache folder (default: memory-cache/ "
+                                   "beside --out)."),
+    config_file: Path = typer.Option(None, "--config", help="MemoryConfig as JSON."),
+    strategy: str = typer.Option(None, help="implementation | capacity | reasoning."),
+    high_model: str = typer.Option(None, help="LLM of the High tier (implementation)."),
+    answer_model: str = typer.Option(None, help="LLM of the answer call."),
+    judge_model: str = typer.Option(None, help="Score with an LLM judge instead of token F1."),
+    iterations: int = typer.Option(150, help="PPO iterations (batches)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Build (or resume) the cached rollout table, then train one router per λ with PPO."""
+    from agentkd.memory.data import load_dataset, select_questions
+    from agentkd.memory.pipeline import Pipeline
+    from agentkd.memory.ppo import PPOConfig, greedy_tiers, train_router
+    from agentkd.memory.rollouts import Reward, RolloutCache, build_table, variants
+
+    try:
+        cfg = _config(config_file, {"strategy": strategy, "high_model": high_model,
+                                    "answer_model": answer_model})
+        pipeline_cache = cache_dir or out.parent / "memory-cache"
+        pipeline = Pipeline(cfg, cache_dir=pipeline_cache)
+        ensure_models(pipeline.config.models() | ({judge_model} if judge_model else set()))
+        split = "train" if data == "locomo" else "all"
+        samples = load_dataset(data, data_path, split=split)
+        items = select_questions(samples, per_sample or None)
+        scorer, scorer_name = _scorer(judge_model)
+        console.print(f"{len(items)} training questions from {len(samples)} samples; "
+                      f"rollout cache {pipeline_cache / 'rollouts.sqlite'}")
+        with RolloutCache(pipeline_cache / "rollouts.sqlite") as cache, _progress() as bar:
+            task = bar.add_task("rollout table", total=len(items) * len(variants()), note="")
+            table = build_table(pipeline, cache, items, scorer, scorer_name,
+                                progress=lambda note: bar.update(task, advance=1, note=note))
+        paths = _out_paths(out, lambdas)
+        for lam, path in zip(lambdas, paths, strict=True):
+            reward = Reward(table, lam)
+            with _progress() as bar:
+                task = bar.add_task(f"PPO λ={lam:g}", total=iterations, note="")
+                router, history = train_router(
+                    table, reward, PPOConfig(iterations=iterations, seed=seed),
+                    progress=lambda it, r, t=task, b=bar: b.update(t, advance=1,
+                                                                  note=f"reward {r:.3f}"))
+            router.meta.update({"config": pipeline.config.model_dump(), "data": data,
+                                "scorer": scorer_name, "per_sample": per_sample})
+            router.save(path)
+            tiers = greedy_tiers(router, table)
+            est_score = sum(float(q.combo_score(t)) for q, t in zip(table, tiers, strict=True))
+            est_cost = sum(float(q.combo_cost(t)) for q, t in zip(table, tiers, strict=True))
+            console.print(f"λ={lam:g}: saved {path} (α={reward.alpha:.3f}; train-table estimate "
+                          f"score {est_score / len(table):.3f}, cost/query "
+                          f"${est_cost / len(table):.3g}; greedy reward "
+                          f"{history.greedy_reward[0]:.3f} → {history.greedy_reward[-1]:.3f})")
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: rerun the same command to resume "
+                      "(the rollout cache keeps everything finished)")
+        raise typer.Exit(130) from None
+    except AgentKDError as exc:
+        _fail(str(exc))
+
+
+@memory_app.command("eval")
+def eval_cmd(
+    routers: list[Path] = typer.Option([], "--router", help="Router file(s) (repeatable)."),
+    data: str = typer.Option("locomo", help="locomo | longmemeval | hotpotqa."),
+    data_path: Path = typer.Option(None, help="Dataset JSON (LoCoMo defaults to shared/data)."),
+    per_sample: int = typer.Option(8, help="Test questions per conversation/sample, "
+                                   "round-robin over categories (0 = all)."),
+    baselines: str = typer.Option(",".join(("all-low", "all-mid", "all-high", "random")),
+                                  help="Comma-separated fixed-tier baselines ('' for none)."),
+    cache_dir: Path = typer.Option(None, help="Rollout cache folder (default: the one beside "
+                                   "the first router)."),
+    plot: Path = typer.Option(None, help="Frontier PNG (default: <cache-dir>/frontier.png)."),
+    config_file: Path = typer.Option(None, "--config", help="MemoryConfig as JSON (default: "
+                                     "the config the router was trained with)."),
+    judge_model: str = typer.Option(None, help="Score with an LLM judge instead of token F1."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Evaluate routers and fixed-tier baselines on the test split; print and plot the frontier."""
+    from agentkd.memory.data import load_dataset, select_questions
+    from agentkd.memory.evaluate import BASELINES, baseline_policy, evaluate, frontier_plot
+    from agentkd.memory.pipeline import Pipeline
+    from agentkd.memory.rollouts import RolloutCache
+    from agentkd.memory.router import Router
+
+    try:
+        loaded = [(p, Router.load(p)) for p in routers]
+        trained_cfg = dict(loaded[0][1].meta.get("config") or {}) if loaded else {}
+        cfg = _config(config_file, {}) if config_file else trained_cfg
+        folder = cache_dir or (routers[0].parent / "memory-cache" if routers
+                               else Path("memory-cache"))
+        pipeline = Pipeline(cfg, cache_dir=folder)
+        ensure_models(pipeline.config.models() | ({judge_model} if judge_model else set()))
+        names = [b.strip() for b in baselines.split(",") if b.strip()]
+        bad = [b for b in names if b not in BASELINES]
+        if bad:
+            raise ConfigError(f"unknown baselines {bad}; choose from {', '.join(BASELINES)}")
+        policies: dict[str, Any] = {b: partial(baseline_policy, b) for b in names}
+        lams: dict[str, float] = {}
+        for path, router in loaded:
+            name = f"router:{path.name}"
+            policies[name] = router
+            lams[name] = float(router.meta.get("lambda", float("nan")))
+        split = "test" if data == "locomo" else "all"
+        items = select_questions(load_dataset(data, data_path, split=split), per_sample or None)
+        scorer, scorer_name = _scorer(judge_model)
+        # The rows file is per pipeline config, so rows of another config are never mixed in.
+        cfg_hash = hashlib.sha256(pipeline.config.model_dump_json().encode()).hexdigest()[:8]
+        rows = folder / (f"eval-{data}-{split}-{per_sample}-{scorer_name.replace('/', '_')}"
+                         f"-{cfg_hash}.jsonl")
+        with RolloutCache(folder / "rollouts.sqlite") as cache, _progress() as bar:
+            pipeline.ctx.memo = cache
+            task = bar.add_task("evaluating", total=len(items) * len(policies), note="")
+            summaries = evaluate(pipeline, items, policies, scorer, rows,
+                                 progress=lambda note: bar.update(task, advance=1, note=note))
+        for name, lam in lams.items():
+            summaries[name].lam = lam
+        png = frontier_plot(list(summaries.values()), plot or folder / "frontier.png",
+                            title=f"BudgetMem on {data} ({len(items)} questions)")
+        if as_json:
+            typer.echo(json.dumps({n: vars(s) for n, s in summaries.items()}, indent=2))
+        else:
+            table = Table(title=f"{data} {split}: {len(items)} questions, score = {scorer_name}")
+            for col in ("policy", "λ", "score", "cost/query (USD)", "tokens/query", "s/query",
+                        "tiers (filter entity temporal topic summary: L/M/H)"):
+                table.add_column(col)
+            for name, s in summaries.items():
+                mix = " ".join("/".join(str(s.tier_mix.get(m, {}).get(t, 0))
+                                        for t in ("low", "mid", "high"))
+                               for m in ("filter", "entity", "temporal", "topic", "summary"))
+                table.add_row(name, "" if s.lam is None else f"{s.lam:g}", f"{s.score:.3f}",
+                              f"{s.cost_per_query:.3g}", f"{s.tokens_per_query:.0f}",
+                              f"{s.latency_s_per_query:.1f}", mix)
+            console.print(table)
+        console.print(f"frontier plot: {png}; per-query rows: {rows}")
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: rerun the same command to resume")
+        raise typer.Exit(130) from None
+    except AgentKDError as exc:
+        _fail(str(exc))
