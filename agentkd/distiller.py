@@ -30,7 +30,7 @@ from agentkd.cascades.gate import Equivalence
 from agentkd.config import Budget, Cascade, Retrieval, check_mode, validated
 from agentkd.costs import model_label
 from agentkd.episode import EpisodeScope, current_episode
-from agentkd.errors import BudgetExceeded, InputError, TeacherError
+from agentkd.errors import BudgetExceeded, InputError, StoreError, TeacherError
 from agentkd.log import CallRecord, StepRecord, TrajectoryLog
 from agentkd.retrieval.collect import demo_episode_from_log
 from agentkd.retrieval.formatting import DemoTemplate, default_template, inject_demos
@@ -60,7 +60,25 @@ def check_messages(messages: Any) -> list[dict[str, Any]]:
         if content is not None and not isinstance(content, str | list):
             raise InputError(f"messages[{i}].content must be a string or a list of parts, "
                              f"got {type(content).__name__}")
+        parts = content if isinstance(content, list) else [content]
+        for j, part in enumerate(parts):
+            if isinstance(content, list) and not (isinstance(part, dict) and "type" in part):
+                raise InputError(f"messages[{i}].content[{j}] must be a dict with a 'type' "
+                                 f"(e.g. {{'type': 'text', 'text': ...}}), got {part!r:.60}")
+            text = part.get("text") if isinstance(part, dict) else part
+            if isinstance(text, str) and not _is_unicode(text):
+                raise InputError(f"messages[{i}] ({role}) holds text that is not valid Unicode "
+                                 f"(a lone surrogate, e.g. from bytes decoded with "
+                                 f"'surrogateescape'); decode it with errors='replace' first")
     return messages
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Distiller:
@@ -82,6 +100,10 @@ class Distiller:
         teacher_kwargs, student_kwargs: extra litellm kwargs per side (api_base, ...).
         teacher_retries: retries of a failing teacher call (litellm's retry machinery).
         label: free text shown in reports; defaults to the teacher's `register_price` label.
+        memory: an `agentkd.memory.Pipeline`; in student modes the agent's long history is
+            routed through BudgetMem (query = goal + observation) before the student sees it.
+        memory_router: the tier policy: a `agentkd.memory.Router`, a tier name for every
+            module ("low" / "mid" / "high") or a {module: tier} mapping.
     """
 
     def __init__(
@@ -104,6 +126,8 @@ class Distiller:
         student_kwargs: dict[str, Any] | None = None,
         teacher_retries: int = 2,
         label: str | None = None,
+        memory: Any = None,
+        memory_router: Any = "mid",
     ) -> None:
         self.mode = check_mode(mode)
         if not isinstance(teacher, str) or not teacher:
@@ -121,6 +145,7 @@ class Distiller:
         if teacher_retries < 0:
             raise InputError("teacher_retries must be >= 0")
         self.teacher_retries = teacher_retries
+        self.memory, self.memory_router = memory, memory_router
         self.log = log if isinstance(log, TrajectoryLog) else TrajectoryLog(log)
         self.demos = self._open_demos(demos)
         self.run_id = run or f"{self.mode}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -129,7 +154,7 @@ class Distiller:
             student=student if self.mode not in ("teacher", "collect") else None,
             config={"cascade": self.cascade.model_dump(), "retrieval": self.retrieval.model_dump(),
                     "budget": self.budget.model_dump(),
-                    "demos": str(self.demos.path) if self.demos else None},
+                    "demos": str(self.demos.path) if self.demos is not None else None},
         )
         self._run_cost = self.log.run_cost(self.run_id)
         intercept.install()
@@ -139,8 +164,18 @@ class Distiller:
             if demos is None and self.mode in ("icd", "distill"):
                 raise InputError(f"mode {self.mode!r} retrieves demos: pass demos='path/to/store'"
                                  " (build one in collect mode or with `agentkd demos build`)")
-            return demos
-        return DemoStore.open(demos, create=self.mode == "collect")
+            store = demos
+        else:
+            store = DemoStore.open(demos, create=self.mode == "collect")
+        # Load the store's embedding model now: a store whose model is missing or gives
+        # vectors of another size fails here, not at the first step of an episode.
+        if (store is not None and len(store) and self.mode in ("icd", "distill")
+                and store.embedder.dim != store.dim):
+            raise StoreError(
+                f"demo store {store.path} holds {store.dim}-d vectors but its embedding "
+                f"model {store.embedder.name!r} gives {store.embedder.dim}-d ones; it was "
+                f"built with another embedder: rebuild it with `agentkd demos build`")
+        return store
 
     def __repr__(self) -> str:
         return (f"Distiller(teacher={self.teacher!r}, student={self.student!r}, "
@@ -154,6 +189,13 @@ class Distiller:
                       ) -> Iterator[EpisodeScope]:
         """Open one logged episode; teacher calls inside it are served by this Distiller."""
         task_id = str(task_id) if task_id is not None else uuid.uuid4().hex[:12]
+        for name, value, limit in (("task_id", task_id, 512), ("task_type", task_type, 128)):
+            if value is not None and len(str(value)) > limit:  # PostgreSQL would refuse it
+                raise InputError(f"{name} is {len(str(value))} characters long; at most {limit}")
+        if self.budget.max_usd_per_run is not None:
+            # Other processes may write this run too: start each episode from the log's total.
+            self._run_cost = max(self._run_cost, self.log.run_cost(self.run_id))
+            self._check_run_budget()
         episode_id = self.log.start_episode(self.run_id, task_id, task_type=task_type,
                                             goal=goal, plan=plan)
         scope = EpisodeScope(self, self.run_id, episode_id, task_id, goal=goal, plan=plan,
@@ -162,10 +204,14 @@ class Distiller:
         try:
             yield scope
         except BaseException as exc:
-            interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError)
+            # A run cap stops the run mid-episode: like a kill, a resumed run replays it.
+            interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError) or (
+                isinstance(exc, BudgetExceeded) and exc.scope == "run")
+            status = "interrupted" if interrupted else "error"
+            if isinstance(exc, BudgetExceeded) and exc.scope == "episode":
+                status = "budget"
             self.log.finish_episode(
-                episode_id, status="interrupted" if interrupted else "error",
-                success=False if not interrupted else None,
+                episode_id, status=status, success=False if not interrupted else None,
                 error=f"{type(exc).__name__}: {exc}")
             raise
         else:
@@ -231,6 +277,9 @@ class Distiller:
         """Serve one agent step; returns litellm's response type. Same kwargs as litellm."""
         kwargs.pop("model", None)
         messages = check_messages(messages)
+        if kwargs.get("stream"):
+            raise InputError("agentkd serves whole responses: call the teacher without "
+                             "stream=True inside a Distiller episode")
         scope = current_episode()
         if scope is None or scope.distiller is not self:
             with self.episode_scope() as adhoc:
@@ -248,16 +297,26 @@ class Distiller:
                        observation=key.observation)
 
     def _check_budget(self, scope: EpisodeScope) -> None:
+        """Caps are checked before each step: the step that crosses a cap completes (its cost
+        is known only afterwards), the next one is refused."""
         b = self.budget
         if b.max_steps_per_episode is not None and scope.steps >= b.max_steps_per_episode:
             raise BudgetExceeded(f"episode {scope.task_id!r} reached its step cap of "
-                                 f"{b.max_steps_per_episode} steps")
+                                 f"{b.max_steps_per_episode} steps; its {scope.steps} steps are "
+                                 f"in the log (status 'budget')", scope="episode")
         if b.max_usd_per_episode is not None and scope.cost_usd >= b.max_usd_per_episode:
-            raise BudgetExceeded(f"episode {scope.task_id!r} spent ${scope.cost_usd:.4f}, its cap "
-                                 f"is ${b.max_usd_per_episode}")
-        if b.max_usd_per_run is not None and self._run_cost >= b.max_usd_per_run:
-            raise BudgetExceeded(f"run {self.run_id!r} spent ${self._run_cost:.4f}, its cap is "
-                                 f"${b.max_usd_per_run}")
+            raise BudgetExceeded(f"episode {scope.task_id!r} spent ${scope.cost_usd:.6f}, its cap "
+                                 f"is ${b.max_usd_per_episode}; its {scope.steps} steps are in "
+                                 f"the log (status 'budget')", scope="episode")
+        self._check_run_budget()
+
+    def _check_run_budget(self) -> None:
+        cap = self.budget.max_usd_per_run
+        if cap is not None and self._run_cost >= cap:
+            raise BudgetExceeded(f"run {self.run_id!r} spent ${self._run_cost:.6f}, its cap is "
+                                 f"${cap}; everything so far is in the log and an episode "
+                                 f"cut short is marked 'interrupted' (resume the run with a "
+                                 f"higher cap to continue)", scope="run")
 
     def _step(self, scope: EpisodeScope, messages: list[dict[str, Any]],
               kwargs: dict[str, Any]) -> litellm.ModelResponse:
@@ -280,7 +339,14 @@ class Distiller:
         else:
             assert self.student is not None
             n = self.cascade.samples if self.mode == "distill" else 1
-            student_messages = inject_demos(messages, block, self.retrieval.placement)
+            student_messages = messages
+            if self.memory is not None:
+                from agentkd.memory.integration import compress_history
+
+                student_messages, memory_calls = compress_history(
+                    messages, f"{key.goal}\n{key.observation}", self.memory, self.memory_router)
+                calls += memory_calls
+            student_messages = inject_demos(student_messages, block, self.retrieval.placement)
             sampled, results = llm.sample(
                 self.student, student_messages, n=n, temperature=self.cascade.temperature,
                 role="student", use_n={"auto": None, "n": True, "parallel": False}[
@@ -330,11 +396,14 @@ class Distiller:
     def _ask_teacher(self, scope: EpisodeScope, messages: list[dict[str, Any]],
                      kwargs: dict[str, Any], role: str, calls: list[CallRecord]
                      ) -> tuple[litellm.ModelResponse, CallRecord]:
-        result = llm.complete(self.teacher, messages, role=role, num_retries=self.teacher_retries,
+        result = llm.complete(self.teacher, messages, role=role, retries=self.teacher_retries,
                               **{**kwargs, **self.teacher_kwargs})
         if result.response is None:
             # Keep what this step already spent (student samples) and the failed call.
-            self.log.record_calls(self.run_id, scope.episode_id, [*calls, result.record])
+            spent = [*calls, result.record]
+            self.log.record_calls(self.run_id, scope.episode_id, spent)
+            scope.cost_usd += sum(c.cost_usd for c in spent)
+            self._run_cost += sum(c.cost_usd for c in spent)
             raise TeacherError(
                 f"teacher {self.teacher!r} failed after {self.teacher_retries} retries: "
                 f"{(result.record.error or '').splitlines()[0]} (full error in the log)")
