@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+
+# benchmarks/alfworld.py shares its name with the alfworld package: keep this folder off the
+# import path, or `import alfworld` inside agentkd.envs would import the benchmark script.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 from rich.console import Console
 
