@@ -453,10 +453,17 @@ class DemoStore:
         crowd into few episodes the candidate list is widened until `k` windows are found.
         """
         config = config or Retrieval.model_validate({})
-        total = len(self)
-        if total == 0 or not (key.goal or key.plan or key.observation):
+        if len(self) == 0 or not (key.goal or key.plan or key.observation):
             return []
-        query = self.query_vector(key, config.weights)
+        return self.search_vector(self.query_vector(key, config.weights), config)
+
+    def search_vector(self, query: np.ndarray, config: Retrieval | None = None
+                      ) -> list[DemoWindow]:
+        """`search` for a ready (1, 3·dim) query vector (see `query_vector`)."""
+        config = config or Retrieval.model_validate({})
+        total = len(self)
+        if total == 0:
+            return []
         n = min(total, config.k * config.max_hits_per_episode * 8 + 16)
         while True:
             scores, rows = self.search_rows(query, n)
@@ -464,8 +471,7 @@ class DemoStore:
             if len(chosen) >= config.k or n >= min(total, _MAX_CANDIDATES):
                 break
             n = min(total, _MAX_CANDIDATES, n * 4)
-        return [self._window(score, row, episode_id, idx, config)
-                for score, row, episode_id, idx in chosen]
+        return self._windows(chosen, config)
 
     def _choose(self, scores: np.ndarray, rows: np.ndarray,
                 config: Retrieval) -> list[tuple[float, int, int, int]]:
@@ -501,22 +507,38 @@ class DemoStore:
                 ).fetchall()
         return {r[0]: (r[1], r[2]) for r in found}
 
-    def _window(self, score: float, row: int, episode_id: int, idx: int,
-                config: Retrieval) -> DemoWindow:
+    def _windows(self, chosen: list[tuple[float, int, int, int]],
+                 config: Retrieval) -> list[DemoWindow]:
+        """The windows of `chosen` hits, fetched in two queries.
+
+        Rows of one episode are consecutive ids, so a window is an id range of its episode.
+        """
+        if not chosen:
+            return []
+        episode_ids = sorted({episode_id for _, _, episode_id, _ in chosen})
+        ranges = [(episode_id, row - config.window_before, row + config.window_after)
+                  for _, row, episode_id, _ in chosen]
         with self._lock:
-            goal, plan, task_type = self._db.execute(
-                "SELECT goal, plan, task_type FROM episodes WHERE id=?", (episode_id,)
-            ).fetchone()
-            steps = self._db.execute(
-                "SELECT idx, observation, reasoning, action FROM steps WHERE episode_id=? "
-                "AND idx BETWEEN ? AND ? ORDER BY idx",
-                (episode_id, idx - config.window_before, idx + config.window_after),
+            episodes = {r[0]: r[1:] for r in self._db.execute(
+                f"SELECT id, goal, plan, task_type FROM episodes WHERE id IN "
+                f"({','.join('?' * len(episode_ids))})", episode_ids)}
+            found = self._db.execute(
+                "SELECT id, episode_id, idx, observation, reasoning, action FROM steps WHERE "
+                + " OR ".join(["(id BETWEEN ? AND ? AND episode_id = ?)"] * len(ranges)),
+                [v for episode_id, lo, hi in ranges for v in (lo, hi, episode_id)],
             ).fetchall()
-        return DemoWindow(
-            episode_id=episode_id, hit_step=idx, hit_row=row, score=score, goal=goal, plan=plan,
-            task_type=task_type, first_step=steps[0][0],
-            steps=[DemoStep(observation=o, reasoning=r, action=a) for _, o, r, a in steps],
-        )
+        by_row = {r[0]: r for r in found}
+        windows = []
+        for (score, row, episode_id, idx), (_, lo, hi) in zip(chosen, ranges, strict=True):
+            rows = [by_row[i] for i in range(lo, hi + 1)
+                    if i in by_row and by_row[i][1] == episode_id]
+            goal, plan, task_type = episodes[episode_id]
+            windows.append(DemoWindow(
+                episode_id=episode_id, hit_step=idx, hit_row=row, score=score, goal=goal,
+                plan=plan, task_type=task_type, first_step=rows[0][2],
+                steps=[DemoStep(observation=o, reasoning=r, action=a)
+                       for _, _, _, o, r, a in rows]))
+        return windows
 
     def step(self, row: int) -> tuple[int, int, DemoStep]:
         """(episode id, index in its episode, step) of stored step `row` (a `hit_row`)."""
