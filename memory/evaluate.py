@@ -129,6 +129,7 @@ def frontier_plot(summaries: list[PolicySummary], path: Path, title: str = "Budg
     ax.set_ylabel("task score (token F1)")
     ax.set_title(title)
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    ax.margins(x=0.12, y=0.1)  # room for the point labels
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

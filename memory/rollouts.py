@@ -10,9 +10,8 @@ picks up where it stopped, and failed LLM calls are retried on the next run):
    reference path (every module at `REFERENCE_TIER`) and each module moved alone to each other
    tier ("one module at a time" around the reference).
 
-The approximation (documented in the README section of `agentkd memory --help`): the pipeline
-is sequential and a full table would need 3^5 = 243 runs per query, most of them LLM-bound.
-We factor instead: for a tier choice c,
+The approximation: the pipeline is sequential and a full table would need 3^5 = 243 runs per
+query, most of them LLM-bound. We factor instead: for a tier choice c,
 
     score(c) ≈ clip(score_ref + Σ_m [score(m = c_m) − score_ref], 0, 1)
     cost(c)  ≈ max(0, cost_ref + Σ_m [cost(m = c_m) − cost_ref])
