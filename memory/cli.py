@@ -186,7 +186,9 @@ def eval_cmd(
         policies: dict[str, Any] = {b: partial(baseline_policy, b) for b in names}
         lams: dict[str, float] = {}
         for path, router in loaded:
-            name = f"router:{path.name}"
+            # The file's digest is part of the name: eval rows are resumed by policy name, and
+            # a retrained router at the same path must not inherit the old one's rows.
+            name = f"router:{path.name}@{hashlib.sha256(path.read_bytes()).hexdigest()[:6]}"
             policies[name] = router
             lams[name] = float(router.meta.get("lambda", float("nan")))
         split = "test" if data == "locomo" else "all"

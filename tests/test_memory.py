@@ -474,7 +474,7 @@ def test_cli_train_and_eval(tmp_path: Path, scripted: Any, monkeypatch: Any) -> 
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r" / "memory-cache" / "frontier.png").stat().st_size > 1000
-    assert '"all-high"' in res.output and '"router:router-lambda2.pt"' in res.output
+    assert '"all-high"' in res.output and '"router:router-lambda2.pt@' in res.output
     res = runner.invoke(app, ["memory", "eval", "--router", str(tmp_path / "none.pt")])
     assert res.exit_code == 2 and "router file not found" in res.output
     res = runner.invoke(app, ["memory", "train", "--data", "hotpotqa", "--data-path",
