@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from typing import Any
 
 from agentkd import llm
 from agentkd.log import CallRecord
@@ -44,7 +45,7 @@ _JUDGE_PROMPT = (
 
 
 def judge_score(model: str, question: str, prediction: str, reference: str,
-                **kwargs: object) -> tuple[float, CallRecord]:
+                **kwargs: Any) -> tuple[float, CallRecord]:
     """1.0 / 0.0 from an LLM judge (role "judge"); a failed call scores by token F1 instead."""
     result = llm.complete(model, [{"role": "user", "content": _JUDGE_PROMPT.format(
         question=question, gold=reference, pred=prediction)}], role="judge", max_tokens=4,
