@@ -224,7 +224,7 @@ class Distiller:
         self.log.finish_episode(scope.episode_id, status=status, success=scope.success,
                                 reward=scope.reward, info=scope.info)
         if self.mode == "collect" and scope.success and self.demos is not None:
-            (episode,) = [e for e in self.log.episodes(self.run_id) if e.id == scope.episode_id]
+            episode = self.log.episode(scope.episode_id)
             demo = demo_episode_from_log(self.log, episode)
             if demo is not None:
                 self.demos.add(demo)
@@ -292,7 +292,11 @@ class Distiller:
         return await asyncio.to_thread(self.completion, messages, **kwargs)
 
     def key_for(self, scope: EpisodeScope, messages: list[dict[str, Any]]) -> StepKey:
+        """The retrieval key; the scope's own goal/plan beat the default guesses from messages,
+        but a user's key function has the last word."""
         key = self.key_fn(messages)
+        if self.key_fn is not default_key:
+            return key
         return StepKey(goal=scope.goal or key.goal, plan=scope.plan or key.plan,
                        observation=key.observation)
 

@@ -350,6 +350,13 @@ class TrajectoryLog:
             return list(s.scalars(select(Step).where(Step.episode_id == episode_id)
                                   .order_by(Step.idx)))
 
+    def episode(self, episode_id: int) -> Episode:
+        with self.session() as s:
+            episode = s.get(Episode, episode_id)
+            if episode is None:
+                raise KeyError(f"no episode {episode_id} in the log")
+            return episode
+
     def episodes(self, run_id: str) -> list[Episode]:
         with self.session() as s:
             return list(s.scalars(select(Episode).where(Episode.run_id == run_id)
