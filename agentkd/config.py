@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agentkd.errors import ConfigError
 
@@ -18,6 +26,15 @@ MODES: tuple[str, ...] = ("teacher", "collect", "student", "icd", "distill")
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, value: object, info: ValidationInfo) -> object:
+        # pydantic reads True as 1: `k: yes` in a config file must not mean k=1.
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation is not bool:
+            raise ValueError("expected a number, got a boolean")
+        return value
 
 
 class Cascade(_Frozen):
@@ -38,9 +55,16 @@ class Cascade(_Frozen):
 class KeyWeights(_Frozen):
     """Weights of the retrieval key's parts in the similarity score."""
 
-    goal: float = Field(1.0, ge=0.0)
-    plan: float = Field(0.5, ge=0.0)
-    observation: float = Field(1.0, ge=0.0)
+    goal: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+    plan: float = Field(default=0.5, ge=0.0, allow_inf_nan=False)
+    observation: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> KeyWeights:
+        # All-zero weights score every demo 0: retrieval would return arbitrary steps.
+        if not (self.goal or self.plan or self.observation):
+            raise ValueError("at least one of goal, plan, observation must be > 0")
+        return self
 
 
 class Retrieval(_Frozen):

@@ -55,7 +55,13 @@ def check_messages(messages: Any) -> list[dict[str, Any]]:
             raise InputError(f"messages[{i}] has role {role!r}; expected one of "
                              f"{sorted(_VALID_ROLES)}")
         content = message.get("content")
-        if content is None and not message.get("tool_calls"):
+        tool_calls = message.get("tool_calls")
+        if tool_calls is not None and not (isinstance(tool_calls, list) and all(
+                isinstance(c, dict) or hasattr(c, "function") for c in tool_calls)):
+            raise InputError(f"messages[{i}].tool_calls must be a list of tool calls "
+                             f"({{'id': ..., 'type': 'function', 'function': {{'name': ..., "
+                             f"'arguments': ...}}}}), got {type(tool_calls).__name__}")
+        if content is None and not tool_calls:
             raise InputError(f"messages[{i}] ({role}) has no 'content'")
         if content is not None and not isinstance(content, str | list):
             raise InputError(f"messages[{i}].content must be a string or a list of parts, "

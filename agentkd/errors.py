@@ -29,7 +29,18 @@ class TeacherError(AgentKDError):
 
 
 class BudgetExceeded(AgentKDError):
-    """A spending or step cap was reached; everything so far is in the log."""
+    """A spending or step cap was reached; everything so far is in the log.
+
+    `scope` says which cap: "episode" (the episode is logged with status "budget") or "run"
+    (the episode in progress is logged as "interrupted", so a resumed run replays it).
+    """
+
+    def __init__(self, message: str, scope: str = "episode") -> None:
+        super().__init__(message)
+        self.scope = scope
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # keep `scope` across processes
+        return (type(self), (str(self), self.scope))
 
 
 class StoreError(AgentKDError):

@@ -7,13 +7,18 @@ is then billed once), otherwise N concurrent requests.
 
 from __future__ import annotations
 
+import base64
 import contextvars
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import litellm
+import tenacity
+from litellm.utils import _should_retry, calculate_retry_after
 
 from agentkd.costs import call_cost
 from agentkd.log import CallRecord
@@ -69,32 +74,87 @@ def _protect(kwargs: dict[str, Any]) -> None:
         value = kwargs.get(name)
         if isinstance(value, str):
             register_secret(value)
-    for value in (kwargs.get("extra_headers") or kwargs.get("headers") or {}).values():
-        if isinstance(value, str):
-            register_secret(value)
+    for name in ("api_base", "base_url"):  # http://user:password@host: httpx sends basic auth
+        url = urlsplit(kwargs.get(name) or "") if isinstance(kwargs.get(name), str) else None
+        if url is not None and url.password:
+            register_secret(unquote(url.password))
+            register_secret(base64.b64encode(
+                f"{unquote(url.username or '')}:{unquote(url.password)}".encode()).decode())
+    for name in ("extra_headers", "headers"):  # both may be given; litellm merges them
+        headers = kwargs.get(name)
+        for value in (headers.values() if isinstance(headers, dict) else ()):
+            if isinstance(value, str):
+                register_secret(value)
+                register_secret(value.split()[-1] if value.split() else "")  # "Bearer <tok>"
 
 
-def complete(model: str, messages: list[dict[str, Any]], *, role: str,
+class EmptyResponse(Exception):
+    """The provider answered 200 with no choices (retryable, like a 5xx)."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Worth another attempt: timeouts, connection errors, 408/409/429/5xx, empty answers."""
+    if isinstance(exc, EmptyResponse | litellm.Timeout | litellm.APIConnectionError):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and _should_retry(status)
+
+
+def _retry_wait(retries: int) -> Any:
+    """litellm's backoff: the provider's Retry-After (up to 60 s), else 0.5 s · 2^k + jitter."""
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None) or getattr(exc, "litellm_response_headers",
+                                                                None)
+        return float(calculate_retry_after(remaining_retries=retries - state.attempt_number + 1,
+                                           max_retries=retries, response_headers=headers))
+
+    return wait
+
+
+def complete(model: str, messages: list[dict[str, Any]], *, role: str, retries: int = 0,
              **kwargs: Any) -> CallResult:
-    """One request to `model`; errors are captured in the record, not raised."""
+    """One call to `model`; errors are captured in the record, not raised.
+
+    A failed request is retried up to `retries` times when the failure is transient
+    (`_retryable`), waiting as litellm does between attempts. `retries` is the whole budget:
+    litellm's and the provider SDK's own retries are switched off for each attempt (left on,
+    ``num_retries=N`` makes up to 2N+1 requests to an OpenAI-compatible provider, the last N
+    without backoff). Retry kwargs the caller passes (`num_retries`, `max_retries`) are
+    dropped for the same reason.
+    """
     _protect(kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("num_retries", "max_retries")}
     n = int(kwargs.get("n") or 1)
     record = CallRecord(role=role, model=model, provider=provider_of(model), n=n)
+    spent = [0, 0]  # prompt / completion tokens over all attempts (empty answers are billed)
+
+    def attempt() -> Any:
+        response = raw_completion(model=model, messages=messages, num_retries=0,
+                                  max_retries=0, **kwargs)
+        usage = getattr(response, "usage", None)
+        spent[0] += int(getattr(usage, "prompt_tokens", 0) or 0)
+        spent[1] += int(getattr(usage, "completion_tokens", 0) or 0)
+        if not response.choices:
+            raise EmptyResponse("the provider returned no choices")
+        return response
+
     start = time.perf_counter()
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(max(0, retries) + 1),
+                                 retry=tenacity.retry_if_exception(_retryable),
+                                 wait=_retry_wait(retries), reraise=True)
     try:
-        response = raw_completion(model=model, messages=messages, **kwargs)
+        response = retrying(attempt)
     except Exception as exc:
-        record.latency_ms = (time.perf_counter() - start) * 1000
-        record.error = scrub(f"{type(exc).__name__}: {exc}")[:2000]
-        return CallResult(None, record)
+        response = None
+        attempts = retrying.statistics.get("attempt_number", 1)
+        tried = f" after {attempts} attempts" if attempts > 1 else ""
+        record.error = scrub(f"{type(exc).__name__}{tried}: {exc}")[:2000]
     record.latency_ms = (time.perf_counter() - start) * 1000
-    usage = getattr(response, "usage", None)
-    record.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-    record.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+    record.prompt_tokens, record.completion_tokens = spent
     record.cost_usd = call_cost(model, record.prompt_tokens, record.completion_tokens)
-    if not response.choices:
-        record.error = "EmptyResponse: the provider returned no choices"
-        return CallResult(None, record)
     return CallResult(response, record)
 
 
@@ -118,8 +178,9 @@ def sample(model: str, messages: list[dict[str, Any]], *, n: int, temperature: f
     if missing > 0 and not (results and not results[0].ok):
         with ThreadPoolExecutor(max_workers=missing) as pool:
             # Each request runs in a copy of the caller's context (providers may read it).
-            futures = [pool.submit(contextvars.copy_context().run, complete, model, messages,
-                                   role=role, temperature=temperature, **kwargs)
+            call = functools.partial(complete, model, messages, role=role,
+                                     temperature=temperature, **kwargs)
+            futures = [pool.submit(contextvars.copy_context().run, call)
                        for _ in range(missing)]
             for future in futures:
                 result = future.result()

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
@@ -35,7 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from agentkd.errors import ConfigError
@@ -48,6 +49,25 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+class _Text(TypeDecorator[str]):
+    """Text that PostgreSQL accepts whatever it holds: NUL characters (valid in Python and in
+    SQLite, refused by PostgreSQL text columns) are written as U+FFFD there, so an agent
+    observation with a NUL byte cannot make a served step unloggable."""
+
+    impl: Any = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value and dialect.name == "postgresql" and "\x00" in value:
+            return value.replace("\x00", "\ufffd")
+        return value
+
+
+class _String(_Text):
+    impl = String
+    cache_ok = True
 
 
 class Run(Base):
@@ -64,22 +84,23 @@ class Run(Base):
 
 
 class Episode(Base):
-    """One task attempt. `status`: running, success, failure, error or interrupted."""
+    """One task attempt. `status`: running, success, failure, done (no outcome given), error,
+    budget (stopped by a per-episode cap) or interrupted (its worker died, or a run cap)."""
 
     __tablename__ = "episodes"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
-    task_id: Mapped[str] = mapped_column(String(512))
-    task_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    goal: Mapped[str | None] = mapped_column(Text, nullable=True)
-    plan: Mapped[str | None] = mapped_column(Text, nullable=True)
+    task_id: Mapped[str] = mapped_column(_String(512))
+    task_type: Mapped[str | None] = mapped_column(_String(128), nullable=True)
+    goal: Mapped[str | None] = mapped_column(_Text, nullable=True)
+    plan: Mapped[str | None] = mapped_column(_Text, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="running")
     success: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     reward: Mapped[float | None] = mapped_column(Float, nullable=True)
     n_steps: Mapped[int] = mapped_column(Integer, default=0)
     teacher_steps: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(_Text, nullable=True)
     info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -95,15 +116,15 @@ class Step(Base):
     idx: Mapped[int] = mapped_column(Integer)
     prompt_hash: Mapped[str] = mapped_column(String(64))
     new_messages: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    observation: Mapped[str | None] = mapped_column(Text, nullable=True)
+    observation: Mapped[str | None] = mapped_column(_Text, nullable=True)
     demo_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    demo_block: Mapped[str | None] = mapped_column(Text, nullable=True)
+    demo_block: Mapped[str | None] = mapped_column(_Text, nullable=True)
     samples: Mapped[list[Any]] = mapped_column(JSON, default=list)
     agreement: Mapped[float | None] = mapped_column(Float, nullable=True)
     verdict: Mapped[str] = mapped_column(String(24))
     actor: Mapped[str] = mapped_column(String(16))
-    final_action: Mapped[str | None] = mapped_column(Text, nullable=True)
-    final_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    final_action: Mapped[str | None] = mapped_column(_Text, nullable=True)
+    final_text: Mapped[str | None] = mapped_column(_Text, nullable=True)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -126,7 +147,7 @@ class LLMCall(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(_Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -201,12 +222,18 @@ class TrajectoryLog:
         self.engine = make_engine(url)
         self._lock = threading.Lock()
         self._is_sqlite = self.engine.dialect.name == "sqlite"
-        try:
-            Base.metadata.create_all(self.engine)
-        except OperationalError as exc:
-            raise ConfigError(
-                f"cannot open the log at {scrub(url)!r}: {scrub(str(exc.orig))}"
-            ) from None
+        for attempt in range(5):
+            try:
+                Base.metadata.create_all(self.engine)
+                break
+            except (OperationalError, IntegrityError, ProgrammingError) as exc:
+                # Processes opening a new log at once race to create its tables: the loser
+                # sees "already exists"; a second look finds them.
+                if attempt < 4 and _lost_create_race(exc):
+                    continue
+                raise ConfigError(
+                    f"cannot open the log at {scrub(url)!r}: {scrub(str(exc.orig))}"
+                ) from None
 
     def __repr__(self) -> str:
         return f"TrajectoryLog({scrub(self.url)!r})"
@@ -224,17 +251,27 @@ class TrajectoryLog:
         label: str | None = None,
         config: dict[str, Any] | None = None,
     ) -> str:
-        """Create the run row if it does not exist yet (resuming a run reuses it)."""
-        with self.session() as s, s.begin():
-            existing = s.get(Run, run_id)
-            if existing is None:
-                s.add(Run(id=run_id, mode=mode, teacher=teacher, student=student, label=label,
-                          config=config or {}))
-            elif existing.mode != mode:
-                raise ConfigError(
-                    f"run {run_id!r} already exists in the log with mode {existing.mode!r}; "
-                    f"pick another run id for mode {mode!r}"
-                )
+        """Create the run row if it does not exist yet (resuming a run reuses it).
+
+        Several processes may start the same run at once; the ones that lose the insert race
+        reuse the winner's row.
+        """
+        try:
+            with self.session() as s, s.begin():
+                existing = s.get(Run, run_id)
+                if existing is None:
+                    s.add(Run(id=run_id, mode=mode, teacher=teacher, student=student,
+                              label=label, config=config or {}))
+        except IntegrityError:
+            existing = None  # another process inserted it between our read and our insert
+        if existing is None:
+            with self.session() as s:
+                existing = s.get(Run, run_id)
+        if existing is not None and existing.mode != mode:
+            raise ConfigError(
+                f"run {run_id!r} already exists in the log with mode {existing.mode!r}; "
+                f"pick another run id for mode {mode!r}"
+            )
         return run_id
 
     def start_episode(
@@ -329,12 +366,13 @@ class TrajectoryLog:
             return int(result.rowcount or 0)
 
     def finished_task_ids(self, run_id: str) -> set[str]:
-        """Task ids of `run_id` whose episode ended (success, failure or error)."""
+        """Task ids of `run_id` whose episode ended (success, failure, done, error or
+        budget: a per-episode cap would stop a replay at the same place)."""
         with self.session() as s:
             rows = s.execute(
                 select(Episode.task_id).where(
                     Episode.run_id == run_id,
-                    Episode.status.in_(("success", "failure", "error")),
+                    Episode.status.in_(("success", "failure", "done", "error", "budget")),
                 )
             )
             return {r[0] for r in rows}
@@ -381,6 +419,11 @@ class _NoLock:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _lost_create_race(exc: Exception) -> bool:
+    text = str(getattr(exc, "orig", exc)).lower()
+    return "already exists" in text or "duplicate key" in text
 
 
 def dumps(value: Any) -> str:

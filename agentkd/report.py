@@ -17,7 +17,7 @@ from sqlalchemy import case, func, select
 
 from agentkd.log import Episode, Run, TrajectoryLog
 
-FINISHED = ("success", "failure", "done", "error")
+FINISHED = ("success", "failure", "done", "error", "budget")
 
 
 class RunSummary(BaseModel):

@@ -18,6 +18,8 @@ _SECRET_SHAPES = [
     re.compile(r"AKIA[0-9A-Z]{12,}"),
     re.compile(r"hf_[A-Za-z0-9]{20,}"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
+    # HTTP basic auth (base64 of user:password), e.g. echoed by a provider's error page
+    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?basic\s+)[A-Za-z0-9+/]{6,}=*"),
     re.compile(r"(?i)((?:api[_-]?key|x-api-key|authorization|token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{6,}"),
     re.compile(r"(://[^:/@\s]+:)[^@/\s]+(@)"),
 ]

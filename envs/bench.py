@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from agentkd.config import Cascade, Retrieval
-from agentkd.errors import InputError
+from agentkd.config import Budget, Cascade, Retrieval
+from agentkd.errors import AgentKDError, BudgetExceeded, InputError
 
 _worker: dict[str, Any] = {}
 
@@ -42,6 +43,12 @@ class BenchConfig:
     data: str | None = None
     cascade: dict[str, Any] = field(default_factory=dict)
     retrieval: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    """`agentkd.Budget` caps: an episode over its cap ends with status 'budget' and the run
+    goes on; a run over its cap stops with `BudgetExceeded` (resume it with a higher cap)."""
+    planned: tuple[str, list[Path]] | None = field(default=None, repr=False, compare=False)
+    """(run id, games still to play), set by `plan_games` on resume: `run_bench` plays that
+    plan, so a caller that plans first (to size a progress bar) never replays finished games."""
 
     def run_id(self) -> str:
         return self.run or f"alfworld-{self.split}-{self.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -66,7 +73,8 @@ def _distiller(config: BenchConfig, run_id: str) -> Any:
     return Distiller(
         teacher=config.teacher, student=config.student, mode=config.mode,
         cascade=Cascade(**config.cascade), retrieval=Retrieval(**config.retrieval),
-        demos=config.demos, log=config.log, run=run_id, equivalent=same_admissible_command,
+        budget=Budget(**config.budget), demos=config.demos, log=config.log, run=run_id,
+        equivalent=same_admissible_command,
     )
 
 
@@ -84,12 +92,21 @@ def play(game_file: str) -> EpisodeOutcome:
     env = AlfWorldEnv(game_file)
     try:
         first, _ = env.reset()
-        with kd.episode_scope(task_id=env.task_id, goal=env.goal,
-                              task_type=env.task_type) as scope:
-            result = react_agent(env, kd.teacher, max_steps=config.max_steps,
-                                 history=config.history, first_observation=first)
-            scope.finish(success=result.success, reward=float(result.success),
-                         invalid_actions=result.invalid_actions)
+        scope = None
+        try:
+            with kd.episode_scope(task_id=env.task_id, goal=env.goal,
+                                  task_type=env.task_type) as scope:
+                result = react_agent(env, kd.teacher, max_steps=config.max_steps,
+                                     history=config.history, first_observation=first)
+                scope.finish(success=result.success, reward=float(result.success),
+                             invalid_actions=result.invalid_actions)
+        except BudgetExceeded as exc:
+            if exc.scope != "episode" or scope is None:
+                raise  # a run cap stops the whole run
+            # The episode is logged with status 'budget'; the run goes on with the next game.
+            kd.close()
+            return EpisodeOutcome(env.task_id, False, scope.steps, 0, scope.cost_usd,
+                                  _teacher_steps(kd, scope.episode_id))
         kd.close()
         return EpisodeOutcome(env.task_id, result.success, result.steps,
                               result.invalid_actions, scope.cost_usd,
@@ -118,6 +135,7 @@ def plan_games(config: BenchConfig, run_id: str) -> tuple[list[Path], int]:
     log.mark_interrupted(run_id)
     done = log.finished_task_ids(run_id)
     todo = [g for g in games if AlfWorldEnv(g).task_id not in done]
+    config.planned = (run_id, todo)
     return todo, len(games) - len(todo)
 
 
@@ -125,7 +143,10 @@ def run_bench(config: BenchConfig, on_episode: Callable[[EpisodeOutcome], None] 
               ) -> tuple[str, list[EpisodeOutcome]]:
     """Play the configured games; returns (run id, outcomes of the games played now)."""
     run_id = config.run_id()
-    games, _ = plan_games(config, run_id)
+    if config.planned is not None and config.planned[0] == run_id:
+        games = config.planned[1]
+    else:
+        games, _ = plan_games(config, run_id)
     outcomes: list[EpisodeOutcome] = []
     for outcome in _play_all(config, run_id, [str(g) for g in games]):
         outcomes.append(outcome)
@@ -147,6 +168,12 @@ def _play_all(config: BenchConfig, run_id: str, games: list[str]) -> Iterator[Ep
         try:
             for future in as_completed(futures):
                 yield future.result()
+        except BrokenProcessPool:
+            pool.shutdown(cancel_futures=True)
+            raise AgentKDError(
+                f"a worker process of run {run_id!r} died (killed, or out of memory); every "
+                f"step it served is in the log. Continue with --resume --run {run_id}: its "
+                f"unfinished episodes are marked interrupted and played again") from None
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise

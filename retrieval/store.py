@@ -19,6 +19,7 @@ committed (a crash) are cut off. One process writes a store at a time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -234,11 +235,19 @@ class DemoStore:
         index_file = self.path / "index.faiss"
         if not index_file.exists():
             return None
-        try:
-            index = faiss.read_index(str(index_file))
-        except RuntimeError as exc:
-            reason = f"unreadable ({str(exc).splitlines()[0][:120]})"
+        checksum = _read_checksum(self.path / "index.faiss.sum")
+        if checksum is not None and checksum != _file_checksum(index_file):
+            # Never hand a damaged file to faiss: a flipped length field makes it zero-fill
+            # gigabytes before failing, and a flipped vector would read fine but rank wrongly.
+            index = None
+            reason = "damaged (its checksum does not match)"
         else:
+            try:
+                index = faiss.read_index(str(index_file))
+            except (RuntimeError, MemoryError) as exc:  # MemoryError: std::bad_alloc
+                index = None
+                reason = f"unreadable ({str(exc).splitlines()[0][:120]})"
+        if index is not None:
             kind = self.meta.get("index", "flat")
             if index.d != self._vector_width or index_kind(index) != kind:
                 reason = f"not a {kind} index of width {self._vector_width}"
@@ -401,7 +410,12 @@ class DemoStore:
             if self._dirty and (force or lag >= max(256, int(self._index.ntotal) // 50)):
                 tmp = self.path / "index.faiss.tmp"
                 faiss.write_index(self._index, str(tmp))
+                # A crash between the two renames leaves a checksum that does not match:
+                # the index is then rebuilt from vectors.f32 on open, never trusted.
+                sum_tmp = self.path / "index.faiss.sum.tmp"
+                sum_tmp.write_text(_file_checksum(tmp))
                 os.replace(tmp, self.path / "index.faiss")
+                os.replace(sum_tmp, self.path / "index.faiss.sum")
                 self._saved = int(self._index.ntotal)
                 self._dirty = False
 
@@ -573,6 +587,22 @@ class DemoStore:
             "embedding_model": self.meta["embedding_model"], "dim": self.dim,
             "index": self.meta.get("index"), "size_bytes": size,
         }
+
+
+def _file_checksum(file: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"blake2b-128:{digest.hexdigest()}"
+
+
+def _read_checksum(file: Path) -> str | None:
+    """The checksum written beside index.faiss (None for stores written before it existed)."""
+    try:
+        return file.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _write_json(file: Path, value: dict[str, Any]) -> None:

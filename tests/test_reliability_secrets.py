@@ -1,0 +1,221 @@
+"""Planted secrets never reach any artifact of a run.
+
+Keys are planted in environment variables, `api_key=` kwargs, `extra_headers` / `headers`, a
+credentialed `api_base`, and — through the fault server's ``echo_auth`` fault, which echoes the
+request's Authorization and x-* headers — in provider error messages on both the student and
+the teacher side. Then every artifact is searched for each secret and every 12-character piece
+of it: the SQLite file, its WAL and shared-memory files, the demo store files, `agentkd report
+--json` and `--html`, exception texts and tracebacks, everything printed, the dashboard's pages
+and CSV exports, and (marked `postgres`) the rows of a PostgreSQL log.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets as pysecrets
+import traceback
+from pathlib import Path
+
+import litellm
+import pytest
+from faultserver import FaultServer
+from reliability_support import (
+    STUDENT,
+    TEACHER,
+    check_log,
+    files_under,
+    grep_secrets,
+    register_prices,
+)
+from typer.testing import CliRunner
+
+import agentkd
+import agentkd.cli
+from agentkd.retrieval import DemoEpisode, DemoStep, DemoStore
+
+TEACHER_NAME, STUDENT_NAME = TEACHER.split("/", 1)[1], STUDENT.split("/", 1)[1]
+
+
+def plant() -> dict[str, str]:
+    h = lambda: pysecrets.token_hex(16)  # noqa: E731
+    planted = {
+        "env_openai": f"sk-envplant{h()}",           # OPENAI_API_KEY
+        "env_token": f"tok{h()}",                    # MY_SERVICE_TOKEN (no well-known shape)
+        "teacher_key": f"sk-teacherkw{h()}",         # api_key= of the teacher
+        "student_key": f"studentkw{h()}",            # api_key= of the student, no sk- shape
+        "header_key": f"hdr{h()}",                   # extra_headers X-Api-Key
+        "bearer": f"bear{h()}",                      # headers Authorization-Extra: Bearer ...
+        "url_password": f"pw{h()}",                  # http://agent:<pw>@127.0.0.1/v1
+    }
+    # What httpx sends for the credentialed api_base: "Authorization: Basic <this>".
+    planted["basic_auth"] = base64.b64encode(f"agent:{planted['url_password']}".encode()).decode()
+    return planted
+
+
+def run_everything(log_url: str, tmp_path: Path, planted: dict[str, str],
+                   monkeypatch: pytest.MonkeyPatch) -> tuple[agentkd.Distiller, list[str]]:
+    """A collect run and a distill run with faults that echo credentials; returns the
+    distiller of the distill run and the texts of every exception raised."""
+    register_prices()
+    monkeypatch.setenv("OPENAI_API_KEY", planted["env_openai"])
+    monkeypatch.setenv("MY_SERVICE_TOKEN", planted["env_token"])
+    raised: list[str] = []
+
+    def note(exc: BaseException) -> None:
+        raised.extend([str(exc), repr(exc), "".join(traceback.format_exception(exc))])
+
+    with FaultServer() as srv:
+        base = srv.url.replace("http://", f"http://agent:{planted['url_password']}@")
+        teacher_kw = {"api_base": base, "api_key": planted["teacher_key"], "timeout": 5,
+                      "extra_headers": {"X-Api-Key": planted["header_key"]},
+                      "headers": {"Authorization-Extra": f"Bearer {planted['bearer']}"}}
+        student_kw = {"api_base": srv.url, "api_key": planted["student_key"], "timeout": 5,
+                      "extra_headers": {"X-Api-Key": planted["header_key"]}}
+        demos = tmp_path / "demos"
+        collect = agentkd.Distiller(teacher=TEACHER, mode="collect", log=log_url,
+                                    demos=str(demos), teacher_kwargs=teacher_kw)
+        for t in range(2):
+            with collect.episode_scope(task_id=f"collect-{t}", goal="put a mug on the desk") as ep:
+                collect.completion(messages=[{"role": "user", "content": "You see a mug."}])
+                ep.finish(success=True)
+        collect.close()
+
+        kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                               demos=str(demos), teacher_kwargs=teacher_kw,
+                               student_kwargs=student_kw, teacher_retries=1)
+        msgs = [{"role": "user", "content": "Your task is to: put a mug on the desk"}]
+        with kd.episode_scope(task_id="student-echo") as ep:
+            srv.plan(STUDENT_NAME, "echo_auth")  # the student's error body echoes its keys
+            kd.completion(messages=msgs)
+            ep.finish(success=True)
+        assert srv.injected["echo_auth"] == 1
+        # The teacher leaks the keys in every attempt; the error surfaces as TeacherError.
+        srv.plan(STUDENT_NAME, "500")
+        srv.always(TEACHER_NAME, "echo_auth")
+        try:
+            with kd.episode_scope(task_id="teacher-echo"):
+                kd.completion(messages=msgs)
+        except agentkd.TeacherError as exc:
+            note(exc)
+        else:
+            raise AssertionError("the teacher fault did not surface")
+        # A bad log URL carrying a password.
+        try:
+            agentkd.TrajectoryLog(f"postgresql+psycopg://u:{planted['url_password']}@127.0.0.1:1/x")
+        except agentkd.AgentKDError as exc:
+            note(exc)
+        headers = srv.headers_seen
+    # The planted keys did reach the provider (so the test is not vacuous). The teacher's
+    # credentialed api_base makes httpx send basic auth in place of its api_key.
+    sent = " ".join(str(h) for h in headers)
+    for name in ("student_key", "header_key", "bearer", "basic_auth"):
+        assert planted[name] in sent, name
+    echoed = [c.error for c in kd.log.calls(kd.log.episodes(kd.run_id)[0].id) if c.error]
+    assert echoed and "[REDACTED]" in echoed[0]  # the echo was there, and scrubbed
+    check_log(kd.log, kd.run_id)
+    return kd, raised
+
+
+def dashboard_pages(log_url: str, episode_ids: list[int]) -> dict[str, str]:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from agentkd.dashboard import Dashboard
+    from agentkd.dashboard.app import create_app
+
+    client = TestClient(create_app(Dashboard(log_url, refresh_interval_s=0.0)),
+                        base_url="http://127.0.0.1")
+    paths = ["/", "/costs", "/cascade", "/models", "/episodes", "/episodes?format=csv",
+             *[f"/episodes/{i}" for i in episode_ids],
+             *[f"/episodes/{i}?format=csv&table=episode_calls" for i in episode_ids]]
+    pages = {}
+    for path in paths:
+        response = client.get(path)
+        assert response.status_code == 200, path
+        pages[f"dashboard {path}"] = response.text
+    return pages
+
+
+def test_planted_secrets_appear_in_no_artifact(tmp_path, monkeypatch, capfd):
+    planted = plant()
+    db = tmp_path / "run.db"
+    log_url = f"sqlite:///{db}"
+    kd, raised = run_everything(log_url, tmp_path, planted, monkeypatch)
+
+    artifacts: dict[str, bytes | str] = {}
+    # The SQLite files while the writer is still open (WAL not yet checkpointed) ...
+    artifacts.update({f"open {k}": v for k, v in files_under(tmp_path).items()
+                      if Path(k).name.startswith("run.db")})
+    assert any(k.endswith("-wal") for k in artifacts)
+    episode_ids = [e.id for e in kd.log.episodes(kd.run_id)]
+    artifacts.update(dashboard_pages(log_url, episode_ids))
+    runner = CliRunner()
+    report = runner.invoke(agentkd.cli.app, ["report", "--log", log_url, "--json",
+                                             "--html", str(tmp_path / "report.html")])
+    assert report.exit_code == 0, report.output
+    artifacts["agentkd report --json"] = report.output
+    table = runner.invoke(agentkd.cli.app, ["report", "--log", log_url])
+    artifacts["agentkd report"] = table.output
+    stats = runner.invoke(agentkd.cli.app, ["demos", "stats", str(tmp_path / "demos")])
+    artifacts["agentkd demos stats"] = stats.output
+    for i, text in enumerate(raised):
+        artifacts[f"exception {i}"] = text
+    artifacts["log rows"] = "\n".join(
+        f"{e.status} {e.error} {e.info}" for e in kd.log.episodes(kd.run_id)) + "\n".join(
+        f"{c.error}" for i in episode_ids for c in kd.log.calls(i))
+    kd.close()
+    kd.log.close()
+    # ... and every file after closing: the database, demo store, HTML report.
+    artifacts.update(files_under(tmp_path))
+    out, err = capfd.readouterr()
+    artifacts["stdout"], artifacts["stderr"] = out, err
+
+    assert len(artifacts) > 20
+    leaks = grep_secrets(artifacts, planted.values())
+    print(f"\nsecrets planted: {len(planted)}; artifacts searched: {len(artifacts)}; "
+          f"leaks: {len(leaks)}")
+    assert leaks == []
+
+
+@pytest.mark.postgres
+def test_planted_secrets_appear_in_no_postgres_row(tmp_path, monkeypatch):
+    from sqlalchemy import text
+
+    url = os.environ.get("AGENTKD_TEST_POSTGRES_URL")
+    if not url:
+        pytest.fail("AGENTKD_TEST_POSTGRES_URL is not set (scripts/test.sh sets it)")
+    planted = plant()
+    kd, raised = run_everything(url, tmp_path, planted, monkeypatch)
+    rows = []
+    with kd.log.engine.connect() as conn:
+        ids = [e.id for e in kd.log.episodes(kd.run_id)]
+        for table, where in (("runs", "id = :run"), ("episodes", "run_id = :run"),
+                             ("llm_calls", "run_id = :run")):
+            rows += [str(r) for r in conn.execute(text(f"SELECT * FROM {table} WHERE {where}"),
+                                                  {"run": kd.run_id})]
+        rows += [str(r) for r in conn.execute(
+            text("SELECT * FROM steps WHERE episode_id = ANY(:ids)"), {"ids": ids})]
+    artifacts = {"postgres rows": "\n".join(rows), **files_under(tmp_path),
+                 **{f"exception {i}": t for i, t in enumerate(raised)}}
+    assert grep_secrets(artifacts, planted.values()) == []
+
+
+def test_scrub_covers_both_header_kwargs():
+    # litellm merges `headers` and `extra_headers`: a secret in either is registered.
+    from agentkd import llm
+    from agentkd.secrets import scrub
+
+    a, b = pysecrets.token_hex(12), pysecrets.token_hex(12)
+    llm._protect({"extra_headers": {"X-Key": a}, "headers": {"Authorization": f"Bearer {b}"}})
+    assert a not in scrub(f"echo {a}") and b not in scrub(f"token was {b}")
+    litellm.suppress_debug_info = True
+
+
+def test_demo_store_holds_no_secret(tmp_path, monkeypatch):
+    # A demo built from a log written while keys were in the environment.
+    key = f"sk-demoplant{pysecrets.token_hex(16)}"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    with DemoStore.open(tmp_path / "d", create=True) as store:
+        store.add(DemoEpisode(goal="g", steps=[DemoStep(observation="o", action="a")]))
+    assert grep_secrets(files_under(tmp_path), [key]) == []
