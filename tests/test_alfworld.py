@@ -156,3 +156,23 @@ def test_appworld_task_round_trip():  # pragma: no cover - runs where the data e
     output, _, done, _ = env.step("print(apis.api_docs.show_app_descriptions())")
     assert output and not done
     env.close()
+
+
+@pytest.mark.slow
+def test_real_local_student_through_the_full_pipeline(log_url, tmp_path):
+    """A real GGUF student (llama.cpp) on a real game: 3 samples in one request, gate, log."""
+    demos = str(tmp_path / "demos")
+    run_bench(BenchConfig(mode="collect", split="train", episodes=1, log=log_url, demos=demos))
+    run_id, (outcome,) = run_bench(BenchConfig(
+        mode="distill", split="valid_seen", episodes=1, student="local/smollm2-135m",
+        log=log_url, demos=demos, max_steps=3, retrieval={"k": 2}))
+    assert outcome.steps == 3
+    log = agentkd.TrajectoryLog(log_url)
+    (episode,) = log.episodes(run_id)
+    calls = log.calls(episode.id)
+    student_calls = [c for c in calls if c.role == "student"]
+    assert len(student_calls) == 3 and all(c.n == 3 and c.error is None for c in student_calls)
+    assert all(c.prompt_tokens > 0 and c.cost_usd > 0 for c in student_calls)
+    steps = log.steps(episode.id)
+    assert all(len(s.samples) == 3 and s.verdict in ("student", "deferred") for s in steps)
+    assert sum(s.actor == "teacher" for s in steps) == outcome.teacher_steps
