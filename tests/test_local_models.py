@@ -271,9 +271,10 @@ def _timings(response: Any) -> list[dict[str, Any]]:
 def _assert_kv_cache_reused(response: Any) -> None:
     timings = _timings(response)
     prompt = response.usage.prompt_tokens
-    # Sample 1 evaluates the whole prompt; later ones find it in the KV cache and evaluate
-    # at most the one token llama.cpp replays to refresh the logits.
-    assert timings[0]["prompt_eval_tokens"] >= prompt - 2
+    # Sample 1 evaluates the prompt (less any prefix an earlier request left in the KV cache,
+    # e.g. the same system prompt in a previous test); later ones find all of it cached and
+    # evaluate at most the one token llama.cpp replays to refresh the logits.
+    assert timings[0]["prompt_eval_tokens"] >= 1
     for later in timings[1:]:
         assert later["prompt_tokens"] == prompt
         assert later["prompt_eval_tokens"] <= 1
