@@ -357,8 +357,8 @@ class TrajectoryLog:
 
     def mark_interrupted(self, run_id: str) -> int:
         """Mark episodes of `run_id` still 'running' (their worker died) as interrupted."""
-        with self.session() as s, s.begin():
-            result = s.execute(
+        with self.engine.begin() as conn:
+            result = conn.execute(
                 update(Episode)
                 .where(Episode.run_id == run_id, Episode.status == "running")
                 .values(status="interrupted", finished_at=utcnow())
