@@ -22,5 +22,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 
 ruff check .
+mypy agentkd cascades retrieval envs memory
 python -m pytest -q                                   # fast default suite
 python -m pytest -q -m "slow or postgres or browser"  # real LLMs, ALFWorld, PostgreSQL, browser
