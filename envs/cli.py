@@ -97,9 +97,9 @@ def bench_alfworld(
 
 def demo(
     workdir: Path = typer.Option(Path(".agentkd"), help="Where the log and demo store go."),
-    train_games: int = typer.Option(20, help="Train games the teacher plays to collect demos."),
+    train_games: int = typer.Option(12, help="Train games the teacher plays to collect demos."),
     games: int = typer.Option(2, help="valid_seen games each mode is evaluated on."),
-    max_steps: int = typer.Option(15, help="Step cap per evaluation episode."),
+    max_steps: int = typer.Option(10, help="Step cap per evaluation episode."),
     student: str = typer.Option(DEFAULT_STUDENT, help="Student model (litellm string)."),
 ) -> None:
     """The offline story: collect demos with the expert, then compare every mode."""
