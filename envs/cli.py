@@ -24,7 +24,6 @@ def _run_with_progress(config: BenchConfig, title: str) -> str:
     run_id = config.run_id()
     config.run = run_id
     games, skipped = plan_games(config, run_id)
-    config.resume = False  # plan_games already applied it; don't skip twice
     if skipped:
         console.print(f"[dim]{title}: resuming run {run_id}, {skipped} games already done[/dim]")
     totals = {"done": 0, "won": 0, "cost": 0.0, "steps": 0, "teacher": 0}
