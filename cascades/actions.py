@@ -15,8 +15,9 @@ from typing import Any
 ActionExtractor = Callable[[dict[str, Any]], str | None]
 """Maps an assistant message (``{"content": ..., "tool_calls": ...}``) to its action, or None."""
 
-_ACTION_LINE = re.compile(r"^\s*\**action\**\s*[:：]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
-_PROMPT_LINE = re.compile(r"^\s*>\s*(.+?)\s*$", re.MULTILINE)
+# The two line shapes that carry an action; retrieval.collect strips them from reasoning.
+ACTION_LINE = re.compile(r"^\s*\**action\**\s*[:：]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+PROMPT_LINE = re.compile(r"^\s*>\s*(.+?)\s*$", re.MULTILINE)
 _END_PUNCT = " \t\r\n.,;:!?\"'`*"
 
 
@@ -52,10 +53,10 @@ def default_extractor(message: dict[str, Any]) -> str | None:
     content = message.get("content") or ""
     if not isinstance(content, str):
         return None
-    matches = _ACTION_LINE.findall(content)
+    matches = ACTION_LINE.findall(content)
     if matches:
         return str(matches[-1])
-    matches = _PROMPT_LINE.findall(content)
+    matches = PROMPT_LINE.findall(content)
     if matches:
         return str(matches[-1])
     lines = [line.strip() for line in content.splitlines() if line.strip()]

@@ -11,11 +11,11 @@ import re
 
 from sqlalchemy import select
 
+from agentkd.cascades.actions import ACTION_LINE, PROMPT_LINE
 from agentkd.log import Episode, Step, TrajectoryLog
 from agentkd.retrieval.keys import message_text
 from agentkd.retrieval.store import DemoEpisode, DemoStep, DemoStore
 
-_ACTION_LINE = re.compile(r"^\s*\**action\**\s*[:：].*$|^\s*>.*$", re.IGNORECASE | re.MULTILINE)
 _THOUGHT_PREFIX = re.compile(r"^\s*\**thought\**\s*[:：]\s*", re.IGNORECASE)
 
 
@@ -23,7 +23,7 @@ def split_reasoning(text: str | None) -> str:
     """The teacher's reasoning: its answer without the action line and 'Thought:' label."""
     if not text:
         return ""
-    return _THOUGHT_PREFIX.sub("", _ACTION_LINE.sub("", text)).strip()
+    return _THOUGHT_PREFIX.sub("", PROMPT_LINE.sub("", ACTION_LINE.sub("", text))).strip()
 
 
 def demo_episode_from_log(log: TrajectoryLog, episode: Episode) -> DemoEpisode | None:
