@@ -234,3 +234,20 @@ def test_concurrent_episodes_on_threads_and_asyncio_never_mix(scripted, log_url)
         # Every step: 3 single student requests, no teacher (the student always agrees).
         assert s.query(LLMCall).filter(LLMCall.n == 1, LLMCall.role == "student").count() == 144
         assert s.query(LLMCall).count() == 144
+
+
+def test_scope_goal_refines_the_default_key_but_a_custom_key_wins(log_url):
+    from agentkd.retrieval import StepKey
+
+    messages = [{"role": "user", "content": "Welcome! Your task is to: heat an egg"},
+                {"role": "assistant", "content": "Action: look"},
+                {"role": "user", "content": "You see a microwave."}]
+    kd = agentkd.Distiller(teacher=TEACHER, mode="teacher", log=log_url)
+    with kd.episode_scope(task_id="k", goal="heat an egg") as scope:
+        key = kd.key_for(scope, messages)
+    assert (key.goal, key.observation) == ("heat an egg", "You see a microwave.")
+
+    custom = agentkd.Distiller(teacher=TEACHER, mode="teacher", log=log_url,
+                               key=lambda msgs: StepKey(goal="mine", observation="obs"))
+    with custom.episode_scope(task_id="k2", goal="heat an egg") as scope:
+        assert custom.key_for(scope, messages) == StepKey(goal="mine", observation="obs")
