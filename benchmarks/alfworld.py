@@ -51,6 +51,7 @@ def main() -> None:
         start = time.perf_counter()
         _, outcomes = run_bench(BenchConfig(
             mode=mode, teacher=args.teacher, student=args.student, split=split, episodes=games,
+            stratify=True,
             demos=demos if mode in ("collect", "icd", "distill") else None, log=log,
             run=run_id, resume=True, max_steps=steps, retrieval=retrieval),
             on_episode=lambda o, m=mode: console.print(

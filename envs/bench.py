@@ -33,6 +33,9 @@ class BenchConfig:
     split: str = "valid_seen"
     episodes: int | None = None
     offset: int = 0
+    stratify: bool = False
+    """Take the `episodes` games round-robin over task types (all six ALFWorld types in a
+    subset of six) instead of the first ones in sorted order, which cluster by type."""
     workers: int = 1
     demos: str | None = None
     log: str = "sqlite:///agentkd.db"
@@ -128,7 +131,8 @@ def plan_games(config: BenchConfig, run_id: str) -> tuple[list[Path], int]:
     if config.episodes is not None:
         if config.episodes < 1:
             raise InputError("--episodes must be >= 1")
-        games = games[: config.episodes]
+        games = (stratified(games, config.episodes) if config.stratify
+                 else games[: config.episodes])
     if not config.resume:
         return games, 0
     log = TrajectoryLog(config.log)
@@ -137,6 +141,23 @@ def plan_games(config: BenchConfig, run_id: str) -> tuple[list[Path], int]:
     todo = [g for g in games if AlfWorldEnv(g).task_id not in done]
     config.planned = (run_id, todo)
     return todo, len(games) - len(todo)
+
+
+def stratified(games: list[Path], count: int) -> list[Path]:
+    """`count` games taken round-robin over task types, each type's games in sorted order.
+
+    The task type is the game folder's name up to the first '-' (e.g.
+    `pick_heat_then_place_in_recep-Egg-None-Fridge-10`), so the subset is reproducible and
+    needs no game to be opened.
+    """
+    by_type: dict[str, list[Path]] = {}
+    for game in games:
+        by_type.setdefault(game.parent.parent.name.split("-", 1)[0], []).append(game)
+    queues = [by_type[task_type] for task_type in sorted(by_type)]
+    picked: list[Path] = []
+    for rank in range(max(map(len, queues), default=0)):
+        picked += [queue[rank] for queue in queues if rank < len(queue)]
+    return picked[:count]
 
 
 def run_bench(config: BenchConfig, on_episode: Callable[[EpisodeOutcome], None] | None = None

@@ -68,8 +68,11 @@ def bench_alfworld(
     split: str = typer.Option("valid_seen", help="train, valid_seen, valid_unseen, valid_train."),
     teacher: str = typer.Option("alfworld/expert", help="litellm model string of the teacher."),
     student: str = typer.Option(DEFAULT_STUDENT, help="litellm model string of the student."),
-    episodes: int = typer.Option(None, help="Play only the first N games of the split."),
+    episodes: int = typer.Option(None, help="Play only N games of the split (the first N, or "
+                                            "N spread over task types with --stratify)."),
     offset: int = typer.Option(0, help="Skip the first games of the split."),
+    stratify: bool = typer.Option(False, help="Pick the N games round-robin over the six "
+                                              "task types instead of the first N."),
     workers: int = typer.Option(1, help="Worker processes (each loads its own models)."),
     demos: str = typer.Option(None, help="Demo store folder (icd/distill read it; collect "
                                          "writes it)."),
@@ -83,7 +86,8 @@ def bench_alfworld(
 ) -> None:
     """Play ALFWorld games with the reference ReAct agent under one mode, logged and resumable."""
     config = BenchConfig(mode=mode, teacher=teacher, student=student, split=split,
-                         episodes=episodes, offset=offset, workers=workers, demos=demos,
+                         episodes=episodes, offset=offset, stratify=stratify,
+                         workers=workers, demos=demos,
                          log=log, run=run, resume=resume, max_steps=max_steps,
                          cascade={"samples": samples}, retrieval={"k": k})
     try:
@@ -112,6 +116,7 @@ def demo(
     try:
         for mode, split, n, steps in plan:
             config = BenchConfig(mode=mode, student=student, split=split, episodes=n,
+                                 stratify=True,
                                  demos=demos if mode in ("collect", "icd", "distill") else None,
                                  log=log, run=f"demo-{stamp}-{mode}", max_steps=steps,
                                  retrieval={"k": 3, "window_before": 1, "window_after": 1})

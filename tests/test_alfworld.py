@@ -7,7 +7,7 @@ import pytest
 import agentkd
 from agentkd.envs import closest_admissible, expert, react_agent
 from agentkd.envs.alfworld import AlfWorldEnv, current_expert_action, data_dir, list_games
-from agentkd.envs.bench import BenchConfig, run_bench
+from agentkd.envs.bench import BenchConfig, plan_games, run_bench, stratified
 
 STUDENT = "scripted/student"
 
@@ -33,6 +33,21 @@ def test_games_are_real_and_each_env_is_its_own_game():
         assert b.step("fly to the moon")[0] == "Nothing happens."
     finally:
         a.close(), b.close()
+
+
+def test_stratified_subset_covers_every_task_type_of_a_real_split():
+    games = list_games("valid_seen")
+    def task_type(game):
+        return game.parent.parent.name.split("-", 1)[0]
+    assert {task_type(g) for g in games[:6]} != {task_type(g) for g in games}  # sorted clusters
+
+    subset = stratified(games, 6)
+    assert len({task_type(g) for g in subset}) == 6 == len({task_type(g) for g in games})
+    assert stratified(games, 8)[:6] == subset  # growing N only appends: runs stay resumable
+    assert set(stratified(games, len(games) + 5)) == set(games)
+
+    planned, _ = plan_games(BenchConfig(mode="teacher", episodes=6, stratify=True), "r")
+    assert planned == subset
 
 
 def test_closest_admissible_maps_typos_and_rejects_nonsense():
