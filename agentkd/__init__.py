@@ -32,6 +32,12 @@ from agentkd.report import RunSummary, run_summaries
 # Makes litellm route "local/..." models to the in-process llama.cpp backend.
 _register_local()
 
+# agentkd catches provider errors (deferring to the teacher, logging the cause); litellm's
+# "Give Feedback / Get Help" banner on every caught error would only be noise on stderr.
+import litellm as _litellm  # noqa: E402
+
+_litellm.suppress_debug_info = True
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -4,9 +4,11 @@ llama.cpp (like OpenAI/Anthropic prompt caching) reuses the unchanged prefix of 
 prompt. Demos change every step, so everything after them is re-evaluated. This replays real
 ALFWorld steps (the expert acts; the student only reads the prompt, max_tokens=1) through the
 reference agent's prompt with demos in the system message vs. just before the latest
-observation, and counts the prompt tokens llama.cpp had to evaluate per step.
+observation, counts the prompt tokens llama.cpp had to evaluate per step and, with
+--generate, how often the model's next action matches the expert's (accuracy must not drop
+for the cheaper layout).
 
-    python benchmarks/prompt_layout.py [--model local/smollm2-135m] [--steps 15]
+    python benchmarks/prompt_layout.py --model local/qwen2.5-coder-1.5b --games 3 --generate
 """
 
 from __future__ import annotations
@@ -28,16 +30,18 @@ from rich.console import Console
 from rich.table import Table
 
 import agentkd  # noqa: F401  (registers the local provider, offline price map)
+from agentkd.cascades.actions import default_extractor, normalize_action
 from agentkd.config import Retrieval
 from agentkd.envs import expert
 from agentkd.envs.alfworld import AlfWorldEnv, list_games
-from agentkd.envs.bench import BenchConfig, run_bench
-from agentkd.envs.react import _prompt
+from agentkd.envs.bench import BenchConfig, run_bench, stratified
+from agentkd.envs.react import _prompt, closest_admissible
 from agentkd.retrieval import DemoStore, default_template, inject_demos
 from agentkd.retrieval.keys import StepKey
 
 
-def replay(model: str, store: DemoStore, placement: str, game: Path, steps: int) -> list[dict]:
+def replay(model: str, store: DemoStore, placement: str, game: Path, steps: int,
+           generate: bool = False) -> list[dict]:
     env = AlfWorldEnv(game)
     first, _ = env.reset()
     observation, turns, rows = first, [], []
@@ -48,13 +52,20 @@ def replay(model: str, store: DemoStore, placement: str, game: Path, steps: int)
             windows = store.search(StepKey(goal=env.goal, observation=observation), config)
             prompt = inject_demos(messages, default_template(windows), placement)
             start = time.perf_counter()
-            reply = litellm.completion(model=model, messages=prompt, max_tokens=1,
-                                       temperature=0.0)
+            reply = litellm.completion(model=model, messages=prompt, temperature=0.0,
+                                       max_tokens=60 if generate else 1,
+                                       stop=["\nObservation:"])
             timing = reply._hidden_params["local_timings"][0]
+            action = env.expert_action or "look"
+            answer = default_extractor({"content": reply.choices[0].message.content or ""})
+            command = closest_admissible(answer or "", env.admissible_actions)
             rows.append({"prompt_tokens": timing["prompt_tokens"],
                          "evaluated": timing["prompt_eval_tokens"],
+                         "match": command is not None
+                         and normalize_action(command) == normalize_action(action),
+                         # without the agent's nearest-admissible mapping
+                         "match_raw": normalize_action(answer or "") == normalize_action(action),
                          "ms": (time.perf_counter() - start) * 1000})
-            action = env.expert_action or "look"
             observation, _, done, _ = env.step(action)
             turns.append((f"Action: {action}", observation))
             if done:
@@ -67,38 +78,50 @@ def replay(model: str, store: DemoStore, placement: str, game: Path, steps: int)
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="local/smollm2-135m")
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--demo-games", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="steps replayed per game")
+    parser.add_argument("--games", type=int, default=2, help="valid_seen games (stratified)")
+    parser.add_argument("--demo-games", type=int, default=12)
+    parser.add_argument("--generate", action="store_true",
+                        help="let the model answer and score its action against the expert's")
     args = parser.parse_args()
     expert.register()
     tmp = Path(tempfile.mkdtemp())
-    run_bench(BenchConfig(mode="collect", split="train", episodes=args.demo_games,
+    run_bench(BenchConfig(mode="collect", split="train", episodes=args.demo_games, stratify=True,
                           demos=str(tmp / "demos"), log=f"sqlite:///{tmp / 'log.db'}"))
     store = DemoStore.open(tmp / "demos")
-    game = list_games("valid_seen")[2]
+    games = stratified(list_games("valid_seen"), args.games)
     results = {}
     for placement in ("system", "before_observation"):
-        replay(args.model, store, placement, list_games("valid_seen")[5], 2)  # warm-up
-        rows = replay(args.model, store, placement, game, args.steps)
+        # Each game's first step evaluates its whole prompt whatever the layout: skip it.
+        rows = [row for game in games
+                for row in replay(args.model, store, placement, game, args.steps,
+                                  args.generate)[1:]]
         results[placement] = {
             "steps": len(rows),
             "prompt_tokens_mean": statistics.mean(r["prompt_tokens"] for r in rows),
-            "evaluated_tokens_mean": statistics.mean(r["evaluated"] for r in rows[1:]),
-            "reused_share": 1 - sum(r["evaluated"] for r in rows[1:])
-            / sum(r["prompt_tokens"] for r in rows[1:]),
-            "ms_median": statistics.median(r["ms"] for r in rows[1:]),
+            "evaluated_tokens_mean": statistics.mean(r["evaluated"] for r in rows),
+            "reused_share": 1 - sum(r["evaluated"] for r in rows)
+            / sum(r["prompt_tokens"] for r in rows),
+            "ms_median": statistics.median(r["ms"] for r in rows),
+            "expert_match": (sum(r["match"] for r in rows) / len(rows)) if args.generate
+            else None,
+            "expert_match_unmapped": (sum(r["match_raw"] for r in rows) / len(rows))
+            if args.generate else None,
         }
     table = Table(title=f"Demo placement vs prompt-prefix reuse ({args.model}, k=3 windows)")
     for column in ("placement", "steps", "prompt tokens", "evaluated tokens/step",
-                   "reused share", "median ms/step"):
+                   "reused share", "median ms/step", "matches expert (unmapped)"):
         table.add_column(column)
     for placement, r in results.items():
+        match = ("-" if r["expert_match"] is None
+                 else f"{r['expert_match']:.0%} ({r['expert_match_unmapped']:.0%})")
         table.add_row(placement, str(r["steps"]), f"{r['prompt_tokens_mean']:.0f}",
                       f"{r['evaluated_tokens_mean']:.0f}", f"{r['reused_share']:.0%}",
-                      f"{r['ms_median']:.0f}")
+                      f"{r['ms_median']:.0f}", match)
     Console().print(table)
     out = Path(__file__).parent / "results" / "prompt_layout.json"
-    out.write_text(json.dumps({"model": args.model, "results": results}, indent=2))
+    out.write_text(json.dumps({"model": args.model, "args": vars(args), "results": results},
+                              indent=2))
     print(f"wrote {out}")
 
 
