@@ -6,7 +6,9 @@ instead of surfacing later as a confusing provider error.
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -37,11 +39,40 @@ class _Frozen(BaseModel):
         return value
 
 
+Signal = Literal["majority_share", "distinct_actions", "mean_logprob", "demo_agreement"]
+SIGNALS: tuple[str, ...] = ("majority_share", "distinct_actions", "mean_logprob",
+                            "demo_agreement")
+
+
+class AcceptanceRule(_Frozen):
+    """Accept the student's majority action when one agreement signal passes a threshold.
+
+    Signals (see `agentkd.cascades.signals`): ``majority_share`` (share of samples on the
+    majority action), ``distinct_actions`` (accepted when *at most* `threshold`),
+    ``mean_logprob`` (the chosen sample's mean token log-probability over its action) and
+    ``demo_agreement`` (1 when the majority action is the nearest demo's action, else 0).
+    A signal the step lacks (no logprobs, no demos) never accepts.
+    """
+
+    signal: Signal = "majority_share"
+    threshold: float = Field(1.0, allow_inf_nan=False)
+
+    def accepts(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        if self.signal == "distinct_actions":
+            return value <= self.threshold + 1e-9
+        return value >= self.threshold - 1e-9
+
+
 class Cascade(_Frozen):
     """Self-consistency cascade: sample the student `samples` times, defer when they disagree.
 
     `agreement` is the share of samples that must carry the majority action for the
-    student's answer to be accepted; 1.0 (unanimous) is the paper's rule.
+    student's answer to be accepted; 1.0 (unanimous) is the paper's rule. A calibrated
+    `rule` (written by `agentkd calibrate`) replaces it with any signal and threshold.
+    `shadow` is the share of steps on which the teacher is also asked, its action logged
+    beside the student's as a label, without changing what the agent receives.
     """
 
     samples: int = Field(3, ge=1, le=32)
@@ -50,6 +81,18 @@ class Cascade(_Frozen):
     sampling: Literal["auto", "n", "parallel"] = "auto"
     """How to get the samples: one request with ``n`` ("n"), concurrent single requests
     ("parallel"), or "auto": ``n`` where litellm says the provider supports it."""
+    rule: AcceptanceRule | None = None
+    shadow: float = Field(0.0, ge=0.0, le=1.0)
+    shadow_seed: int | None = None
+    """Seed of the draw that picks shadow steps (None: a fresh one per Distiller)."""
+    logprobs: Literal["auto", "on", "off"] = "auto"
+    """Ask the student for token log-probabilities: "auto" where the provider is known to
+    return them (OpenAI-compatible and ``local/`` models), "on" always, "off" never."""
+
+    @property
+    def acceptance(self) -> AcceptanceRule:
+        """The rule in force: `rule`, else majority share >= `agreement`."""
+        return self.rule or AcceptanceRule(signal="majority_share", threshold=self.agreement)
 
 
 class KeyWeights(_Frozen):
@@ -103,6 +146,34 @@ def validated(model: type[_Frozen], value: object, name: str) -> _Frozen:
     raise ConfigError(
         f"{name} must be an agentkd.{model.__name__} or a dict, got {type(value).__name__}"
     )
+
+
+def load_cascade(path: str | Path) -> Cascade:
+    """A `Cascade` from a cascade config file (JSON): the file `agentkd calibrate` writes
+    (``{"cascade": {...}, "calibration": {...}}``) or a bare cascade object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"cascade config {path} does not exist (write one with "
+                          f"`agentkd calibrate ... --out {path}`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cascade config {path} is not readable JSON: {exc}") from None
+    if isinstance(data, dict) and "cascade" in data:
+        data = data["cascade"]
+    return validated(Cascade, data, f"cascade in {path}")  # type: ignore[return-value]
+
+
+def save_cascade(path: str | Path, cascade: Cascade,
+                 calibration: dict[str, Any] | None = None) -> Path:
+    """Write `cascade` (with how it was calibrated, for people) where `load_cascade` reads it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body: dict[str, Any] = {"cascade": cascade.model_dump(mode="json")}
+    if calibration is not None:
+        body["calibration"] = calibration
+    path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def check_mode(mode: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,9 +26,16 @@ from typing import Any, TypeVar
 import litellm
 
 from agentkd import intercept, llm
-from agentkd.cascades import ActionExtractor, Gate, default_extractor, extract_action
-from agentkd.cascades.gate import Equivalence
-from agentkd.config import Budget, Cascade, Retrieval, check_mode, validated
+from agentkd.cascades import (
+    ActionExtractor,
+    Gate,
+    canonical_action,
+    default_extractor,
+    extract_action,
+)
+from agentkd.cascades.gate import Decision, Equivalence
+from agentkd.cascades.signals import action_logprob
+from agentkd.config import Budget, Cascade, Retrieval, check_mode, load_cascade, validated
 from agentkd.costs import model_label
 from agentkd.episode import EpisodeScope, current_episode
 from agentkd.errors import BudgetExceeded, InputError, StoreError, TeacherError
@@ -79,6 +87,15 @@ def check_messages(messages: Any) -> list[dict[str, Any]]:
     return messages
 
 
+def _demo_action(windows: list[DemoWindow]) -> str | None:
+    """The action of the best-matching demo step (the first window's hit)."""
+    if not windows:
+        return None
+    best = windows[0]
+    offset = best.hit_step - best.first_step
+    return canonical_action(best.steps[offset].action) if 0 <= offset < len(best.steps) else None
+
+
 def _is_unicode(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -94,7 +111,8 @@ class Distiller:
         teacher: litellm model string the agent calls (the expensive model).
         student: litellm model string of the cheap model (needed in student/icd/distill).
         mode: teacher | collect | student | icd | distill.
-        cascade: sampling and agreement settings (`Cascade`).
+        cascade: sampling, acceptance and shadow settings: a `Cascade`, a dict, or the path
+            of a cascade config written by `agentkd calibrate`.
         retrieval: demo retrieval settings (`Retrieval`).
         demos: a demo store folder or `DemoStore` (needed in icd/distill; written in collect).
         log: SQLAlchemy URL or `TrajectoryLog`.
@@ -118,7 +136,7 @@ class Distiller:
         student: str | None = None,
         *,
         mode: str = "distill",
-        cascade: Cascade | dict[str, Any] | None = None,
+        cascade: Cascade | dict[str, Any] | str | Path | None = None,
         retrieval: Retrieval | dict[str, Any] | None = None,
         demos: str | Path | DemoStore | None = None,
         log: str | TrajectoryLog = "sqlite:///agentkd.db",
@@ -141,10 +159,14 @@ class Distiller:
         if self.mode in ("student", "icd", "distill") and not student:
             raise InputError(f"mode {mode!r} needs a student model string (student=...)")
         self.teacher, self.student = teacher, student
+        if isinstance(cascade, str | Path):
+            cascade = load_cascade(cascade)
         self.cascade: Cascade = validated(Cascade, cascade, "cascade")  # type: ignore[assignment]
         self.retrieval: Retrieval = validated(Retrieval, retrieval, "retrieval")  # type: ignore[assignment]
         self.budget: Budget = validated(Budget, budget, "budget")  # type: ignore[assignment]
-        self.gate = Gate(self.cascade.agreement, equivalent)
+        self.gate = Gate(self.cascade.acceptance, equivalent)
+        # Its own generator: drawing shadow steps must not disturb any other randomness.
+        self._shadow_draw = random.Random(self.cascade.shadow_seed)
         self.extractor, self.key_fn, self.template = extractor, key, template
         self.teacher_kwargs = dict(teacher_kwargs or {})
         self.student_kwargs = dict(student_kwargs or {})
@@ -343,6 +365,7 @@ class Distiller:
 
         samples: list[dict[str, Any]] = []
         agreement: float | None = None
+        decision: Decision | None = None
         response: litellm.ModelResponse | None = None
         if self.mode in ("teacher", "collect"):
             verdict = "teacher_only"
@@ -357,25 +380,22 @@ class Distiller:
                     messages, f"{key.goal}\n{key.observation}", self.memory, self.memory_router)
                 calls += memory_calls
             student_messages = inject_demos(student_messages, block, self.retrieval.placement)
-            sampled, results = llm.sample(
+            sampled = llm.sample(
                 self.student, student_messages, n=n, temperature=self.cascade.temperature,
                 role="student", use_n={"auto": None, "n": True, "parallel": False}[
-                    self.cascade.sampling], **{**kwargs, **self.student_kwargs})
-            calls += [r.record for r in results]
-            actions = [extract_action(m, self.extractor) for m in sampled]
-            samples = [{"content": m.get("content"), "tool_calls": m.get("tool_calls"),
-                        "action": a} for m, a in zip(sampled, actions, strict=True)]
-            if not sampled:
+                    self.cascade.sampling], **self._student_call_kwargs(kwargs))
+            calls += [r.record for r in sampled.results]
+            decision, samples = self._judge(sampled, n, _demo_action(windows))
+            if not sampled.messages:
                 verdict = "student_error"
             elif self.mode == "distill":
-                decision = self.gate.decide(actions + [None] * (n - len(actions)))
                 agreement = decision.agreement
                 verdict = "student" if decision.accept else "deferred"
-                chosen = decision.chosen_index
             else:
-                verdict, chosen = "student_only", 0
+                verdict = "student_only"
             if verdict in ("student", "student_only"):
-                response = self._as_response(results, sampled[chosen or 0])
+                response = self._as_response(sampled.results,
+                                             sampled.messages[decision.chosen_index or 0])
 
         if response is None:
             response, record = self._ask_teacher(scope, messages, kwargs,
@@ -383,15 +403,38 @@ class Distiller:
                                                  calls)
             calls.append(record)
         final = response.choices[0].message.model_dump()
+        actor = ("teacher" if verdict in ("teacher_only", "deferred", "student_error")
+                 else "student")
+        # Shadow: draw the step into the labelled sample whoever acted, so the labels are an
+        # unbiased sample of all steps; the teacher's answer is only logged, never returned.
+        shadow = decision is not None and self._shadow_draw.random() < self.cascade.shadow
+        teacher_action: str | None = None
+        student_correct: bool | None = None
+        if shadow and decision is not None:
+            if actor == "teacher":
+                teacher_action = extract_action(final, self.extractor)
+            else:
+                teacher_action, record = self._shadow_label(messages, kwargs)
+                calls.append(record)
+            if teacher_action is not None:
+                majority = decision.majority_action
+                student_correct = majority is not None and self.gate.same(majority,
+                                                                           teacher_action)
+                for sample in samples:
+                    action = sample["action"]
+                    sample["teacher_match"] = (action is not None
+                                               and self.gate.same(action, teacher_action))
         step = StepRecord(
             idx=scope.steps, prompt_hash=prompt_hash, new_messages=new_turns,
             observation=key.observation, demo_ids=[w.hit_row for w in windows],
             demo_block=block or None, samples=samples, agreement=agreement, verdict=verdict,
-            actor="teacher" if verdict in ("teacher_only", "deferred", "student_error")
-            else "student",
-            final_action=extract_action(final, self.extractor),
+            actor=actor, final_action=extract_action(final, self.extractor),
             final_text=final.get("content") if isinstance(final.get("content"), str) else None,
             latency_ms=(time.perf_counter() - start) * 1000,
+            signals=({**decision.signals.as_dict(), "demo_action": _demo_action(windows)}
+                     if decision is not None and decision.signals is not None else None),
+            shadow=shadow if decision is not None else None,
+            teacher_action=teacher_action, student_correct=student_correct,
         )
         self.log.record_step(scope.episode_id, self.run_id, step, calls)
         step_cost = sum(c.cost_usd for c in calls)
@@ -400,8 +443,44 @@ class Distiller:
         self._run_cost += step_cost
         response._hidden_params.setdefault("agentkd", {}).update(
             {"actor": step.actor, "verdict": verdict, "agreement": agreement,
-             "run_id": self.run_id, "episode_id": scope.episode_id, "step": step.idx})
+             "run_id": self.run_id, "episode_id": scope.episode_id, "step": step.idx,
+             "signals": step.signals})
         return response
+
+    def _student_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        call_kwargs = {**kwargs, **self.student_kwargs}
+        assert self.student is not None
+        wanted = {"on": True, "off": False,
+                  "auto": self.cascade.logprobs == "auto" and llm.supports_logprobs(self.student)
+                  }[self.cascade.logprobs]
+        if wanted:
+            call_kwargs.setdefault("logprobs", True)
+        return call_kwargs
+
+    def _judge(self, sampled: llm.Sampled, n: int, demo_action: str | None
+               ) -> tuple[Decision, list[dict[str, Any]]]:
+        """The gate's decision on the samples, and the samples as logged: each with its
+        action, equivalence group, action logprob and match with the nearest demo's action
+        (what calibration needs to recompute every signal for fewer samples)."""
+        raw = [self.extractor(m) for m in sampled.messages]
+        actions = [canonical_action(r) for r in raw]
+        logprobs = [action_logprob(tokens, m.get("content"), r) for m, tokens, r in
+                    zip(sampled.messages, sampled.logprobs, raw, strict=True)]
+        missing = [None] * (n - len(actions))  # failed samples count against agreement
+        decision = self.gate.decide(actions + missing, logprobs + missing, demo_action)
+        samples = [{"content": m.get("content"), "tool_calls": m.get("tool_calls"),
+                    "action": a, "group": g, "logprob": lp, "demo_match": d}
+                   for m, a, g, lp, d in zip(sampled.messages, actions, decision.groups,
+                                             logprobs, decision.demo_matches, strict=False)]
+        return decision, samples
+
+    def _shadow_label(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]
+                      ) -> tuple[str | None, CallRecord]:
+        """Ask the teacher what it would do (role ``shadow``); a failure only loses the label."""
+        result = llm.complete(self.teacher, messages, role="shadow",
+                              retries=self.teacher_retries, **{**kwargs, **self.teacher_kwargs})
+        message = result.messages()[0] if result.response is not None else None
+        return (extract_action(message, self.extractor) if message else None), result.record
 
     def _ask_teacher(self, scope: EpisodeScope, messages: list[dict[str, Any]],
                      kwargs: dict[str, Any], role: str, calls: list[CallRecord]

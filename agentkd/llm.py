@@ -13,13 +13,14 @@ import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import litellm
 import tenacity
 from litellm.utils import _should_retry, calculate_retry_after
 
+from agentkd.cascades.signals import TokenLogprobs, choice_token_logprobs
 from agentkd.costs import call_cost
 from agentkd.log import CallRecord
 from agentkd.secrets import register_secret, scrub
@@ -30,6 +31,8 @@ raw_acompletion = litellm.acompletion
 
 # Providers we know honour n (litellm's supported-params table misses custom providers).
 _N_PROVIDERS = {"openai", "azure", "hosted_vllm", "local", "alfworld", "text-completion-openai"}
+# Providers we know return token logprobs (`local` computes them itself).
+_LOGPROB_PROVIDERS = {"openai", "azure", "hosted_vllm", "local"}
 _SECRET_KWARGS = ("api_key", "aws_secret_access_key", "aws_session_token", "azure_ad_token")
 
 
@@ -50,6 +53,21 @@ class CallResult:
             return []
         return [choice.message.model_dump() for choice in self.response.choices]
 
+    def token_logprobs(self) -> list[TokenLogprobs | None]:
+        """Per choice, its tokens' log-probabilities (None where the provider gave none)."""
+        if self.response is None:
+            return []
+        return [choice_token_logprobs(choice) for choice in self.response.choices]
+
+
+class Sampled(NamedTuple):
+    """What `sample` returns: the sampled messages, each one's token logprobs (None where
+    the provider returned none), and every call made."""
+
+    messages: list[dict[str, Any]]
+    logprobs: list[TokenLogprobs | None]
+    results: list[CallResult]
+
 
 def provider_of(model: str) -> str | None:
     try:
@@ -58,15 +76,23 @@ def provider_of(model: str) -> str | None:
         return model.split("/", 1)[0] if "/" in model else None
 
 
-def supports_n(model: str) -> bool:
+def _supports(model: str, param: str, known: set[str]) -> bool:
     provider = provider_of(model)
-    if provider in _N_PROVIDERS:
+    if provider in known:
         return True
     try:
         params = litellm.get_supported_openai_params(model=model, custom_llm_provider=provider)
     except Exception:
         return False
-    return bool(params and "n" in params)
+    return bool(params and param in params)
+
+
+def supports_n(model: str) -> bool:
+    return _supports(model, "n", _N_PROVIDERS)
+
+
+def supports_logprobs(model: str) -> bool:
+    return _supports(model, "logprobs", _LOGPROB_PROVIDERS)
 
 
 def _protect(kwargs: dict[str, Any]) -> None:
@@ -160,8 +186,9 @@ def complete(model: str, messages: list[dict[str, Any]], *, role: str, retries: 
 
 def sample(model: str, messages: list[dict[str, Any]], *, n: int, temperature: float,
            role: str = "student", use_n: bool | None = None,
-           **kwargs: Any) -> tuple[list[dict[str, Any]], list[CallResult]]:
-    """`n` samples of `model`'s answer; returns the sampled messages and every call made.
+           **kwargs: Any) -> Sampled:
+    """`n` samples of `model`'s answer: the sampled messages, their token logprobs (when
+    ``logprobs=True`` is passed and the provider returns them) and every call made.
 
     `use_n` forces (True) or forbids (False) the single ``n`` request; None asks litellm.
     Providers that silently ignore ``n`` (e.g. ``llama_cpp.server``) are topped up with
@@ -170,10 +197,12 @@ def sample(model: str, messages: list[dict[str, Any]], *, n: int, temperature: f
     kwargs = {k: v for k, v in kwargs.items() if k not in ("n", "temperature", "stream")}
     results: list[CallResult] = []
     samples: list[dict[str, Any]] = []
+    logprobs: list[TokenLogprobs | None] = []
     if n > 1 and (supports_n(model) if use_n is None else use_n):
         first = complete(model, messages, role=role, n=n, temperature=temperature, **kwargs)
         results.append(first)
         samples.extend(first.messages()[:n])
+        logprobs.extend(first.token_logprobs()[:n])
     missing = n - len(samples)
     if missing > 0 and not (results and not results[0].ok):
         with ThreadPoolExecutor(max_workers=missing) as pool:
@@ -186,4 +215,5 @@ def sample(model: str, messages: list[dict[str, Any]], *, n: int, temperature: f
                 result = future.result()
                 results.append(result)
                 samples.extend(result.messages()[:1])
-    return samples, results
+                logprobs.extend(result.token_logprobs()[:1])
+    return Sampled(samples, logprobs, results)

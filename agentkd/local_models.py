@@ -22,6 +22,11 @@ default ``~/.cache/agentkd/models``), ``AGENTKD_LOCAL_N_CTX`` (context length, d
 Each response carries llama.cpp's per-sample counters as a list of `SampleTiming` dicts in
 ``response._hidden_params["local_timings"]``; usage counts the prompt once.
 
+With ``logprobs=True`` each choice carries OpenAI-style ``logprobs.content`` (token, logprob
+under the model's own distribution, before temperature and top-k), recorded by a logits
+processor as tokens are generated: llama.cpp's own logprobs need ``logits_all``, which keeps
+the logits of every context position (gigabytes for a 4096-token context).
+
 Unset sampling parameters take llama-cpp-python's chat defaults (temperature 0.2, top_p 0.95,
 top_k 40, min_p 0.05). ``stream=True``, tools and response formats are not supported.
 
@@ -52,7 +57,14 @@ from typing import TYPE_CHECKING, Any
 
 import litellm
 from litellm import CustomLLM
-from litellm.types.utils import Choices, Message, ModelResponse, Usage
+from litellm.types.utils import (
+    ChatCompletionTokenLogprob,
+    ChoiceLogprobs,
+    Choices,
+    Message,
+    ModelResponse,
+    Usage,
+)
 
 from agentkd.costs import register_price
 from agentkd.errors import ConfigError, InputError
@@ -455,6 +467,43 @@ def _chat_messages(messages: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+class _TokenLogprobs:
+    """A llama.cpp logits processor recording each generated token's log-probability.
+
+    llama.cpp calls it with the tokens so far and the raw logits of the next position; the
+    token it then samples is the last input id of the following call. The token sampled
+    last (end of generation, or the one a stop string cut) is never fed back and so is not
+    recorded: an answer ending in its end-of-generation token loses no text token.
+    """
+
+    def __init__(self, llama: Llama) -> None:
+        self.llama = llama
+        self.pending: tuple[Any, float] | None = None  # previous position's logits, logsumexp
+        self.tokens: list[tuple[int, float]] = []
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        import numpy as np
+
+        if self.pending is not None and len(input_ids):
+            previous, lse = self.pending
+            token = int(input_ids[-1])
+            self.tokens.append((token, float(previous[token]) - lse))
+        top = float(np.max(logits))
+        lse = top + float(np.log(np.sum(np.exp(logits - top))))
+        self.pending = (np.array(logits, copy=True), lse)
+        return logits
+
+    def content(self) -> list[ChatCompletionTokenLogprob]:
+        """The recorded tokens as OpenAI's ``logprobs.content`` entries."""
+        out = []
+        for token, logprob in self.tokens:
+            raw = self.llama.detokenize([token])
+            out.append(ChatCompletionTokenLogprob(
+                token=raw.decode("utf-8", errors="replace"), logprob=logprob,
+                bytes=list(raw), top_logprobs=[]))
+        return out
+
+
 _seed_source = random.Random()
 
 
@@ -478,6 +527,7 @@ class LocalLLM(CustomLLM):
             if params.get(key) is not None:
                 sampling[key] = params[key]
         seed = params.get("seed")
+        want_logprobs = bool(params.get("logprobs"))
         chat: Any = _chat_messages(messages)  # llama_cpp's TypedDicts want literal roles
 
         loaded = _load(model)
@@ -485,6 +535,8 @@ class LocalLLM(CustomLLM):
         choices: list[Choices] = []
         timings: list[SampleTiming] = []
         prompt_tokens = completion_tokens = 0
+        if want_logprobs:
+            from llama_cpp import LogitsProcessorList
         with loaded.lock:
             for i in range(n):
                 # Equal seeds would make the n samples identical; a given seed still
@@ -493,11 +545,14 @@ class LocalLLM(CustomLLM):
                     else _seed_source.randrange(2**31)
                 before = _perf(llama)
                 start = time.perf_counter()
+                recorder = _TokenLogprobs(llama) if want_logprobs else None
                 try:
                     # The prompt's tokens stay in the KV cache between calls and llama.cpp
                     # evaluates only the differing suffix, so samples 2..n skip the prompt.
                     result: Any = llama.create_chat_completion(
-                        messages=chat, seed=sample_seed, **sampling)
+                        messages=chat, seed=sample_seed,
+                        logits_processor=LogitsProcessorList([recorder]) if recorder else None,
+                        **sampling)
                 except ValueError as exc:
                     if "context window" in str(exc):
                         raise litellm.ContextWindowExceededError(
@@ -521,7 +576,8 @@ class LocalLLM(CustomLLM):
                 choices.append(Choices(
                     index=i, finish_reason=choice.get("finish_reason") or "stop",
                     message=Message(role="assistant",
-                                    content=choice["message"].get("content") or "")))
+                                    content=choice["message"].get("content") or ""),
+                    logprobs=ChoiceLogprobs(content=recorder.content()) if recorder else None))
         response = ModelResponse(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),

@@ -32,7 +32,9 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -128,6 +130,15 @@ class Step(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Added with calibration; nullable so logs written before them still open (see
+    # `_add_missing_columns`). `signals`: agreement signals and the nearest demo's action;
+    # `shadow`: the step was drawn into the labelled (calibration) sample; `teacher_action`:
+    # the teacher's action on such a step; `student_correct`: the student's majority action
+    # is equivalent to it.
+    signals: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    shadow: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    teacher_action: Mapped[str | None] = mapped_column(_Text, nullable=True)
+    student_correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     __table_args__ = (UniqueConstraint("episode_id", "idx", name="uq_steps_episode_idx"),)
 
 
@@ -183,6 +194,10 @@ class StepRecord:
     final_action: str | None = None
     final_text: str | None = None
     latency_ms: float = 0.0
+    signals: dict[str, Any] | None = None
+    shadow: bool | None = None
+    teacher_action: str | None = None
+    student_correct: bool | None = None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -234,6 +249,7 @@ class TrajectoryLog:
                 raise ConfigError(
                     f"cannot open the log at {scrub(url)!r}: {scrub(str(exc.orig))}"
                 ) from None
+        _add_missing_columns(self.engine)
 
     def __repr__(self) -> str:
         return f"TrajectoryLog({scrub(self.url)!r})"
@@ -308,7 +324,10 @@ class TrajectoryLog:
                  "samples": step.samples, "agreement": step.agreement, "verdict": step.verdict,
                  "actor": step.actor, "final_action": step.final_action,
                  "final_text": step.final_text, "cost_usd": cost,
-                 "latency_ms": step.latency_ms, "created_at": utcnow()},
+                 "latency_ms": step.latency_ms, "created_at": utcnow(),
+                 "signals": step.signals, "shadow": step.shadow,
+                 "teacher_action": step.teacher_action,
+                 "student_correct": step.student_correct},
             ).scalar_one()
             self._insert_calls(conn, run_id, episode_id, step_id, calls)
             conn.execute(
@@ -419,6 +438,33 @@ class _NoLock:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns newer versions of agentkd declare to an older log.
+
+    `create_all` creates missing tables but never alters existing ones. Processes opening
+    the same old log at once race to add a column: the loser's "duplicate column" is fine.
+    """
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise ConfigError(
+                    f"the log's table {table.name!r} lacks the required column "
+                    f"{column.name!r}; it was written by an incompatible agentkd version")
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(
+                        f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+            except (OperationalError, ProgrammingError) as exc:
+                if "duplicate column" not in str(exc.orig).lower() and \
+                        "already exists" not in str(exc.orig).lower():
+                    raise
 
 
 def _lost_create_race(exc: Exception) -> bool:

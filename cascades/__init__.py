@@ -2,6 +2,7 @@
 
 from agentkd.cascades.actions import (
     ActionExtractor,
+    canonical_action,
     default_extractor,
     extract_action,
     normalize_action,
@@ -10,6 +11,7 @@ from agentkd.cascades.gate import Decision, Gate
 
 __all__ = [
     "ActionExtractor",
+    "canonical_action",
     "Decision",
     "Gate",
     "default_extractor",

@@ -66,7 +66,12 @@ def default_extractor(message: dict[str, Any]) -> str | None:
 def extract_action(message: dict[str, Any], extractor: ActionExtractor = default_extractor
                    ) -> str | None:
     """The normalised action of `message`, or None when it carries none."""
-    raw = extractor(message)
+    return canonical_action(extractor(message))
+
+
+def canonical_action(raw: str | None) -> str | None:
+    """An extractor's raw output as compared by the gate: normalised text, or the canonical
+    JSON of tool calls as is; None when nothing is left."""
     if raw is None:
         return None
     action = normalize_action(raw) if not raw.startswith("[{") else raw

@@ -1,9 +1,17 @@
-"""The gate: accept the student's majority action when enough samples agree, else defer."""
+"""The gate: accept the student's majority action when an agreement signal passes, else defer.
+
+The default rule is the paper's: the share of samples on the majority action must reach a
+threshold (1.0 = unanimous). A calibrated `AcceptanceRule` may use any signal of
+`agentkd.cascades.signals` instead.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from agentkd.cascades.signals import StepSignals, group_actions, step_signals
+from agentkd.config import AcceptanceRule
 
 Equivalence = Callable[[str, str], bool]
 """Says whether two (normalised) actions mean the same thing."""
@@ -17,41 +25,48 @@ class Decision:
     agreement: float
     majority_action: str | None
     chosen_index: int | None  # first sample that carries the majority action
+    signals: StepSignals | None = None
+    groups: list[int | None] = field(default_factory=list)
+    demo_matches: list[bool | None] = field(default_factory=list)
 
 
 class Gate:
-    """Accept when the share of samples on the majority action is >= `threshold`.
+    """Accept when the step's signals pass `rule` (a float: majority share >= it).
 
     Samples with no action (None) count against agreement. `equivalent` groups actions that
     differ in text but mean the same; by default actions must be identical after normalising.
     """
 
-    def __init__(self, threshold: float = 1.0, equivalent: Equivalence | None = None) -> None:
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"agreement threshold must be in (0, 1], got {threshold}")
-        self.threshold = threshold
+    def __init__(self, rule: AcceptanceRule | float = 1.0,
+                 equivalent: Equivalence | None = None) -> None:
+        if not isinstance(rule, AcceptanceRule):
+            if not 0.0 < rule <= 1.0:
+                raise ValueError(f"agreement threshold must be in (0, 1], got {rule}")
+            rule = AcceptanceRule(signal="majority_share", threshold=rule)
+        self.rule = rule
         self.equivalent = equivalent
 
-    def _same(self, a: str, b: str) -> bool:
+    @property
+    def threshold(self) -> float:
+        return self.rule.threshold
+
+    def same(self, a: str, b: str) -> bool:
         return a == b or (self.equivalent is not None and self.equivalent(a, b))
 
-    def decide(self, actions: Sequence[str | None]) -> Decision:
+    def decide(self, actions: Sequence[str | None], logprobs: Sequence[float | None] = (),
+               demo_action: str | None = None) -> Decision:
+        """Judge the samples' `actions`, with each sample's action logprob where known and
+        the nearest retrieved demo's action where there is one."""
         if not actions:
             return Decision(False, 0.0, None, None)
-        groups: list[list[int]] = []  # indices of samples, grouped by equivalent action
-        for i, action in enumerate(actions):
-            if action is None:
-                continue
-            for group in groups:
-                representative = actions[group[0]]
-                if representative is not None and self._same(representative, action):
-                    group.append(i)
-                    break
-            else:
-                groups.append([i])
-        if not groups:
-            return Decision(False, 0.0, None, None)
-        # Ties go to the group whose first sample came first (max keeps the earliest).
-        best = max(groups, key=len)
-        agreement = len(best) / len(actions)
-        return Decision(agreement >= self.threshold - 1e-9, agreement, actions[best[0]], best[0])
+        groups = group_actions(actions, self.same)
+        demo_matches: list[bool | None] = [
+            None if demo_action is None or a is None else self.same(a, demo_action)
+            for a in actions]
+        signals = step_signals(groups, logprobs, demo_matches)
+        chosen = signals.chosen
+        return Decision(
+            accept=self.rule.accepts(signals.value(self.rule.signal)),
+            agreement=signals.majority_share,
+            majority_action=actions[chosen] if chosen is not None else None,
+            chosen_index=chosen, signals=signals, groups=groups, demo_matches=demo_matches)

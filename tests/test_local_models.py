@@ -343,7 +343,7 @@ def test_smollm_prompt_over_context_is_a_context_window_error():
 
 @pytest.mark.slow
 def test_agentkd_sample_uses_one_request_for_n():
-    samples, calls = sample(SMOL, QUESTION, n=3, temperature=0.1, max_tokens=8)
+    samples, _, calls = sample(SMOL, QUESTION, n=3, temperature=0.1, max_tokens=8)
     assert len(samples) == 3 and len(calls) == 1
     assert calls[0].record.cost_usd > 0
     assert calls[0].record.prompt_tokens > 0
