@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agentkd.config import MODES
+from agentkd.config import MODES, Cascade, load_cascade, validated
 from agentkd.envs.bench import BenchConfig, EpisodeOutcome, plan_games, run_bench
 from agentkd.errors import AgentKDError
 
@@ -81,15 +81,29 @@ def bench_alfworld(
     resume: bool = typer.Option(False, help="Skip games this run already finished."),
     max_steps: int = typer.Option(50, help="Step cap per episode."),
     samples: int = typer.Option(3, help="Student samples per step (distill)."),
+    cascade: Path = typer.Option(None, help="Cascade config written by `agentkd calibrate` "
+                                            "(replaces --samples)."),
+    shadow: float = typer.Option(None, help="Share of steps on which the teacher is also "
+                                            "asked and its action logged as a label for "
+                                            "`agentkd calibrate` (1.0: every step)."),
     k: int = typer.Option(6, help="Demo windows per step."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Play ALFWorld games with the reference ReAct agent under one mode, logged and resumable."""
+    try:
+        cascade_config = (load_cascade(cascade).model_dump() if cascade is not None
+                          else {"samples": samples})
+        if shadow is not None:
+            cascade_config["shadow"] = shadow
+        validated(Cascade, cascade_config, "cascade")
+    except AgentKDError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     config = BenchConfig(mode=mode, teacher=teacher, student=student, split=split,
                          episodes=episodes, offset=offset, stratify=stratify,
                          workers=workers, demos=demos,
                          log=log, run=run, resume=resume, max_steps=max_steps,
-                         cascade={"samples": samples}, retrieval={"k": k})
+                         cascade=cascade_config, retrieval={"k": k})
     try:
         run_id = _run_with_progress(config, f"{mode} on {split}")
         _print_report(log, [run_id], as_json)
