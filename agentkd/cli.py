@@ -96,6 +96,57 @@ def dashboard(
         fail(str(exc))
 
 
+@app.command("export")
+def export(
+    log: str = typer.Option(..., help="SQLAlchemy URL of the log."),
+    run: list[str] = typer.Option(..., help="Run id to export (repeatable)."),
+    out: Path = typer.Option(..., help="Dataset file (JSONL); the validation split goes to "
+                             "<stem>.val<suffix>, the dataset card to <stem>.card.json."),
+    fmt: str = typer.Option("openai-jsonl", "--format",
+                            help="openai-jsonl, hf-chat or sharegpt."),
+    include_failed: bool = typer.Option(False, help="Keep failed episodes too."),
+    source: str = typer.Option("both", help="teacher, student (steps the cascade gate "
+                               "accepted) or both."),
+    task_type: list[str] = typer.Option(None, help="Only these task types (repeatable)."),
+    dedupe: bool = typer.Option(True, help="Drop records identical to one already exported."),
+    granularity: str = typer.Option("episode", help="episode (each step trained once, in "
+                                    "the context the agent showed) or step (one record per "
+                                    "step)."),
+    val_fraction: float = typer.Option(0.1, help="Share of episodes held out for validation."),
+    seed: int = typer.Option(0, help="Seed of the train/validation split."),
+) -> None:
+    """Export logged episodes as a chat fine-tuning dataset with a dataset card."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from agentkd.export import ExportFilters, export_dataset
+
+    try:
+        filters = ExportFilters(success_only=not include_failed, source=source,  # type: ignore[arg-type]
+                                task_types=task_type or None, dedupe=dedupe,
+                                granularity=granularity,  # type: ignore[arg-type]
+                                val_fraction=val_fraction, seed=seed)
+    except ValidationError as exc:
+        fail(f"bad export option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+        return
+    try:
+        with Progress(TextColumn("export"), BarColumn(), MofNCompleteColumn(),
+                      console=console) as progress:
+            task = progress.add_task("export", total=None)
+            card = export_dataset(log, run, out, fmt=fmt, filters=filters,  # type: ignore[arg-type]
+                                  on_episode=lambda: progress.advance(task))
+    except AgentKDError as exc:
+        fail(str(exc))
+        return
+    for name, split in card.splits.items():
+        console.print(f"{name}: {split.records} records, {split.trained_turns} trained turns "
+                      f"from {split.episodes} episodes → {out.parent / split.path}",
+                      highlight=False)
+    console.print(f"tokens: {card.tokens.total:,} ({card.tokens.tokenizer}), "
+                  f"{card.duplicates_dropped} duplicates dropped; card: "
+                  f"{out.parent / (out.stem + '.card.json')}", highlight=False)
+
+
 @demos_app.command("build")
 def demos_build(
     log: str = typer.Option(..., help="SQLAlchemy URL of the log holding the teacher run."),
@@ -132,6 +183,10 @@ from agentkd.envs.cli import bench_app, demo  # noqa: E402  (the envs sub-app im
 
 app.add_typer(bench_app, name="bench")
 app.command("demo")(demo)
+
+from agentkd.cascades.cli import calibrate  # noqa: E402
+
+app.command("calibrate")(calibrate)
 
 from agentkd.memory.cli import memory_app  # noqa: E402
 
