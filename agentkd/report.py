@@ -5,6 +5,8 @@ Aggregation happens in SQL. The teacher baseline for a run is the cost per episo
 are none: they are teacher-only too, but usually on other tasks);
 the demo-collection cost is the total spend of its collect runs. Break-even episodes =
 collection cost / (teacher cost per episode − this run's cost per episode).
+Accepted-step accuracy is the share of the student's accepted steps whose action the teacher
+confirmed, over the steps shadow mode labelled (`Cascade.shadow`); None without labels.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pydantic import BaseModel
 from rich.table import Table
 from sqlalchemy import case, func, select
 
-from agentkd.log import Episode, Run, TrajectoryLog
+from agentkd.log import Episode, Run, Step, TrajectoryLog
 
 FINISHED = ("success", "failure", "done", "error", "budget")
 
@@ -36,6 +38,9 @@ class RunSummary(BaseModel):
     total_cost: float
     relative_cost: float | None
     break_even_episodes: float | None
+    labelled_accepted: int = 0
+    """Accepted student steps with a shadow label."""
+    accepted_accuracy: float | None = None
 
 
 def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> list[RunSummary]:
@@ -55,8 +60,17 @@ def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> l
         .group_by(Run.id, Run.mode, Run.teacher, Run.student, Run.label)
         .order_by(func.min(Run.created_at), Run.id)
     )
+    labelled = (
+        select(Episode.run_id, func.count(Step.id),
+               func.sum(case((Step.student_correct.is_(True), 1), else_=0)))
+        .select_from(Step).join(Episode, Episode.id == Step.episode_id)
+        .where(Episode.status.in_(FINISHED), Step.actor == "student",
+               Step.student_correct.is_not(None))
+        .group_by(Episode.run_id)
+    )
     with log.session() as s:
         rows = s.execute(query).all()
+        labels = {run: (int(n), int(right or 0)) for run, n, right in s.execute(labelled)}
 
     teacher_cpe: dict[tuple[str, str], list[tuple[int, float]]] = {}
     collect_cost: dict[str, float] = {}
@@ -82,13 +96,15 @@ def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> l
             saving = baseline - cpe
             if saving > 0:
                 break_even = collect_cost.get(teacher, 0.0) / saving
+        n_labelled, n_right = labels.get(run_id, (0, 0))
         summaries.append(RunSummary(
             run_id=run_id, mode=mode, teacher=teacher, student=student, label=label, episodes=n,
             success_rate=int(wins or 0) / n if n else None,
             steps_per_episode=int(steps or 0) / n if n else None,
             teacher_call_rate=int(t_steps or 0) / int(steps) if steps else None,
             cost_per_episode=cpe, total_cost=float(total), relative_cost=relative,
-            break_even_episodes=break_even,
+            break_even_episodes=break_even, labelled_accepted=n_labelled,
+            accepted_accuracy=n_right / n_labelled if n_labelled else None,
         ))
     return summaries
 
@@ -102,7 +118,8 @@ def summary_table(summaries: Sequence[RunSummary], title: str = "agentkd runs") 
     """The report as a rich table."""
     table = Table(title=title)
     for column in ("run", "mode", "teacher", "student", "episodes", "success", "steps/ep",
-                   "teacher-call rate", "cost/ep (USD)", "relative cost", "break-even eps"):
+                   "teacher-call rate", "accepted acc. (labelled)", "cost/ep (USD)",
+                   "relative cost", "break-even eps"):
         table.add_column(column, justify="left" if column in ("run", "mode", "teacher",
                                                               "student") else "right")
     for r in summaries:
@@ -110,7 +127,10 @@ def summary_table(summaries: Sequence[RunSummary], title: str = "agentkd runs") 
         table.add_row(
             r.run_id, r.mode, teacher, r.student or "–", str(r.episodes),
             _fmt(r.success_rate, ".2f"), _fmt(r.steps_per_episode, ".1f"),
-            _fmt(r.teacher_call_rate, ".1%"), _fmt(r.cost_per_episode, ".5f"),
+            _fmt(r.teacher_call_rate, ".1%"),
+            _fmt(r.accepted_accuracy, ".1%") + (f" ({r.labelled_accepted})"
+                                                if r.labelled_accepted else ""),
+            _fmt(r.cost_per_episode, ".5f"),
             _fmt(r.relative_cost, ".2f") + ("×" if r.relative_cost is not None else ""),
             _fmt(r.break_even_episodes, ".0f"),
         )

@@ -312,7 +312,7 @@ def plot_curve(result: Calibration, path: str | Path) -> Path:
         import matplotlib
     except ImportError:
         raise AgentKDError("the calibration plot needs matplotlib: pip install matplotlib "
-                           "(or 'agentkd[calibrate]')") from None
+                           "(it comes with 'agentkd[memory]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

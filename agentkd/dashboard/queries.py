@@ -334,6 +334,8 @@ class Dashboard:
             Col("success_rate", "success", "pct"),
             Col("steps_per_episode", "steps/ep", "float"),
             Col("teacher_call_rate", "teacher-call rate", "pct"),
+            Col("accepted_accuracy", "accepted-step accuracy", "pct"),
+            Col("labelled_accepted", "labelled accepted steps", "int"),
             Col("cost_per_episode", "cost/ep", "usd"),
             Col("relative_cost", "relative cost", "ratio"),
             Col("break_even_episodes", "break-even eps", "int"),
@@ -344,7 +346,8 @@ class Dashboard:
             "runs", "Runs", columns, rows,
             note="Relative cost: cost per episode over that of the teacher-only runs (modes "
                  "teacher and collect) with the same teacher. Break-even: demo-collection "
-                 "spend over the saving per episode."))
+                 "spend over the saving per episode. Accepted-step accuracy: share of the "
+                 "student's accepted steps that shadow mode's teacher label confirms."))
         total = sum(s.total_cost for s in summaries)
         episodes = sum(s.episodes for s in summaries)
         page.kpis = [
@@ -486,10 +489,11 @@ class Dashboard:
         page.tables.append(DataTable("teacher_rate_by_step", "Teacher-call rate by step index",
                                      [Col("step", "step"), *rate_cols], by_idx))
         labels = self._label_accuracy(f)
-        if labels is None:
+        if labels is None or not labels.rows:
             page.extra["labels"] = None
-            page.notes.append("no teacher labels: the log has no per-step teacher label, so the "
-                              "accuracy of accepted student steps cannot be measured.")
+            page.notes.append("no teacher labels: no accepted student step carries a teacher "
+                              "label, so their accuracy cannot be measured. Label steps with "
+                              "shadow mode (Cascade(shadow=0.1), or --shadow 0.1).")
         else:
             page.extra["labels"] = labels
             page.tables.append(labels)
@@ -522,12 +526,17 @@ class Dashboard:
         e = Episode.__table__
         # The label column is not in agentkd's schema, so describe the table by hand.
         s = sql_table("steps", sql_column("episode_id"), sql_column("actor"),
-                      sql_column("final_action"), sql_column(self.label_column))
+                      sql_column("final_action"), sql_column("student_correct"),
+                      sql_column(self.label_column))
         label = s.c[self.label_column]
         where = and_(self._episode_where(f, self.selected_runs(f, modes=STUDENT_MODES)),
                      s.c.actor == "student", label.is_not(None))
+        # agentkd's own label (shadow mode) was judged with the gate's action equivalence
+        # when logged; another tool's label column can only be compared as text.
+        agrees = (s.c.student_correct.is_(True) if self.label_column == "teacher_action"
+                  else s.c.final_action == label)
         query = (select(e.c.run_id, func.count().label("labelled"),
-                        func.sum(case((s.c.final_action == label, 1), else_=0)).label("agree"))
+                        func.sum(case((agrees, 1), else_=0)).label("agree"))
                  .select_from(s.join(e, e.c.id == s.c.episode_id)).where(where)
                  .group_by(e.c.run_id).order_by(e.c.run_id))
         with self.engine.connect() as conn:
