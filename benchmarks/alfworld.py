@@ -4,7 +4,10 @@ Collects demos with the teacher on train games, then plays the same valid_seen s
 every mode with the reference ReAct agent, all in one log. Resumable: rerun with the same
 --workdir and it continues where it stopped.
 
-    python benchmarks/alfworld.py --train-games 60 --games 10 --max-steps 30
+    python benchmarks/alfworld.py --train-games 60 --games 6 --max-steps 20
+
+Games are taken round-robin over the six task types (`--stratify` in the CLI), so `--games 6`
+is one game of each type.
 """
 
 from __future__ import annotations
@@ -36,12 +39,16 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--modes", default="teacher,student,icd,distill")
     parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--placement", default=None,
+                        help="where demos go: system | before_observation (default: Retrieval's)")
     args = parser.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = f"sqlite:///{(args.workdir / 'log.db').resolve()}"
     demos = str(args.workdir / "demos")
     retrieval = {"k": args.k, "window_before": 1, "window_after": 1}
+    if args.placement:
+        retrieval["placement"] = args.placement
     plan = [("collect", "train", args.train_games, 50)]
     plan += [(mode, "valid_seen", args.games, args.max_steps) for mode in args.modes.split(",")]
     console = Console()
