@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -24,6 +25,8 @@ from pathlib import Path
 # benchmarks/alfworld.py shares its name with the alfworld package: keep this folder off the
 # import path, or `import alfworld` inside agentkd.envs would import the benchmark script.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+# litellm is imported before agentkd (which sets this too): keep it off the network.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 from rich.console import Console
