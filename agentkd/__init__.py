@@ -13,7 +13,16 @@ import os
 # Offline-first: litellm otherwise fetches its price map from the network at import.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from agentkd.config import Budget, Cascade, KeyWeights, Retrieval
+from agentkd.cascades.calibration import Calibration, CalibrationError, calibrate_log
+from agentkd.config import (
+    AcceptanceRule,
+    Budget,
+    Cascade,
+    KeyWeights,
+    Retrieval,
+    load_cascade,
+    save_cascade,
+)
 from agentkd.costs import register_price
 from agentkd.distiller import Distiller
 from agentkd.episode import EpisodeScope, current_episode
@@ -41,9 +50,12 @@ _litellm.suppress_debug_info = True
 __version__ = "0.1.0"
 
 __all__ = [
+    "AcceptanceRule",
     "AgentKDError",
     "Budget",
     "BudgetExceeded",
+    "Calibration",
+    "CalibrationError",
     "Cascade",
     "ConfigError",
     "Distiller",
@@ -55,7 +67,10 @@ __all__ = [
     "StoreError",
     "TeacherError",
     "TrajectoryLog",
+    "calibrate_log",
     "current_episode",
+    "load_cascade",
     "register_price",
     "run_summaries",
+    "save_cascade",
 ]
