@@ -147,6 +147,99 @@ def export(
                   f"{out.parent / (out.stem + '.card.json')}", highlight=False)
 
 
+@app.command("train")
+def train(
+    data: Path = typer.Option(..., help="Dataset file written by `agentkd export`."),
+    base: str = typer.Option(..., help="Base model: a Hugging Face folder or id, a .gguf "
+                             "file, or local/smollm2-135m."),
+    out: Path = typer.Option(..., help="Output folder (adapter/, merged/, checkpoints/, "
+                             "train_report.json); rerun the same command to resume."),
+    eval_data: Path = typer.Option(None, help="Held-out dataset (default: the validation "
+                                   "split named by the dataset card)."),
+    r: int = typer.Option(64, help="LoRA rank."),
+    alpha: int = typer.Option(128, help="LoRA alpha."),
+    lr: float = typer.Option(2e-4, help="Learning rate."),
+    epochs: float = typer.Option(2.0, help="Epochs."),
+    grad_accum: int = typer.Option(4, help="Gradient accumulation steps (batch size 1)."),
+    max_length: int = typer.Option(1024, help="Token cap per record; longer ones lose their "
+                                   "oldest exchanges."),
+    max_records: int = typer.Option(None, help="Train on a seeded sample of N records."),
+    save_steps: int = typer.Option(20, help="Checkpoint every N optimiser steps."),
+    eval_limit: int = typer.Option(None, help="At most N held-out actions in the next-action "
+                                   "evaluation."),
+    eval_base: bool = typer.Option(False, help="Also evaluate the base model first."),
+    threads: int = typer.Option(None, help="CPU threads for torch."),
+    merge: bool = typer.Option(True, help="Also write the merged model (merged/)."),
+    gguf: bool = typer.Option(True, help="Also write merged/model.gguf for the local "
+                              "llama.cpp backend (GGUF llama-architecture bases only)."),
+) -> None:
+    """LoRA fine-tuning of a small student on an exported dataset (TRL SFTTrainer)."""
+    from pydantic import ValidationError
+
+    from agentkd.train import TrainConfig
+    from agentkd.train import train as run_training
+
+    try:
+        config = TrainConfig(data=data, base=base, out=out, eval_data=eval_data, r=r,
+                             alpha=alpha, lr=lr, epochs=epochs, grad_accum=grad_accum,
+                             max_length=max_length, max_records=max_records,
+                             save_steps=save_steps, eval_limit=eval_limit, threads=threads,
+                             merge=merge or gguf, gguf=gguf)
+    except ValidationError as exc:
+        fail(f"bad training option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+        return
+    try:
+        report = run_training(config, log=lambda m: console.print(m, highlight=False),
+                              evaluate_base=eval_base)
+    except AgentKDError as exc:
+        fail(str(exc))
+        return
+    lines = [f"trained {report.steps} steps on {report.train_records} records in "
+             f"{report.train_seconds:.0f} s; validation loss {report.eval_loss_before} → "
+             f"{report.eval_loss_after}"]
+    for name, result in (("base", report.base_eval), ("fine-tuned", report.tuned_eval)):
+        if result is not None:
+            lines.append(f"{name} next-action match: {result.matched}/{result.targets} "
+                         f"({result.accuracy:.0%}), {result.seconds_per_action:.1f} s/action")
+    lines.append(f"adapter: {report.adapter}" + (f"; merged: {report.merged}"
+                                                 if report.merged else ""))
+    if report.gguf:
+        lines.append(f"serve it: Distiller(student='local/{report.gguf}')")
+    console.print("\n".join(lines), highlight=False)
+
+
+@app.command("evaluate")
+def evaluate(
+    data: Path = typer.Option(..., help="Dataset file (e.g. an `agentkd export` of held-out "
+                              "teacher steps)."),
+    model: str = typer.Option(..., help="litellm model string: local/..., "
+                              "local/<path>.gguf, an API model, ..."),
+    limit: int = typer.Option(None, help="At most N actions."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Next-action exact match of a model against the teacher's actions in a dataset."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from agentkd.train import count_targets, evaluate_model
+
+    try:
+        total = count_targets(data, limit)
+        with Progress(TextColumn(f"evaluate {model}"), BarColumn(), MofNCompleteColumn(),
+                      console=console) as progress:
+            task = progress.add_task("evaluate", total=total)
+            result = evaluate_model(data, model, limit=limit,
+                                    on_target=lambda: progress.advance(task))
+    except AgentKDError as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        console.print(f"{model}: {result.matched}/{result.targets} next actions match "
+                      f"({result.accuracy:.0%}), {result.no_action} without an action, "
+                      f"{result.seconds_per_action:.2f} s/action", highlight=False)
+
+
 @demos_app.command("build")
 def demos_build(
     log: str = typer.Option(..., help="SQLAlchemy URL of the log holding the teacher run."),
