@@ -191,3 +191,60 @@ def test_real_local_student_through_the_full_pipeline(log_url, tmp_path):
     steps = log.steps(episode.id)
     assert all(len(s.samples) == 3 and s.verdict in ("student", "deferred") for s in steps)
     assert sum(s.actor == "teacher" for s in steps) == outcome.teacher_steps
+
+
+@pytest.fixture
+def llama_cpp_server():
+    """`python -m llama_cpp.server` serving SmolLM2 on a free port: an OpenAI-compatible API."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from agentkd.local_models import model_path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path("smollm2-135m")),
+         "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+         "--n_threads", "1", "--n_ctx", "4096"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/models", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("llama_cpp.server did not come up within 60 s")
+        yield base
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.mark.slow
+def test_openai_compatible_server_as_student(llama_cpp_server, log_url, tmp_path, monkeypatch):
+    """The same bench flow with the student behind an OpenAI-compatible server, which ignores
+    `n`: the cascade tops the samples up with extra requests and the gate still sees three."""
+    monkeypatch.setenv("OPENAI_API_BASE", llama_cpp_server)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local-not-checked")
+    agentkd.register_price("openai/smollm2", 0.01, 0.02)
+    demos = str(tmp_path / "demos")
+    run_bench(BenchConfig(mode="collect", split="train", episodes=1, log=log_url, demos=demos))
+    run_id, (outcome,) = run_bench(BenchConfig(
+        mode="distill", split="valid_seen", episodes=1, student="openai/smollm2",
+        log=log_url, demos=demos, max_steps=2, retrieval={"k": 2}))
+    assert outcome.steps == 2
+    log = agentkd.TrajectoryLog(log_url)
+    (episode,) = log.episodes(run_id)
+    student_calls = [c for c in log.calls(episode.id) if c.role == "student"]
+    assert student_calls and all(c.error is None and c.model == "openai/smollm2"
+                                 for c in student_calls)
+    assert all(c.prompt_tokens > 0 and c.cost_usd > 0 for c in student_calls)
+    assert all(len(s.samples) == 3 for s in log.steps(episode.id))
