@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agentkd.config import Budget, Cascade, Retrieval
+from agentkd.costs import register_price
 from agentkd.errors import AgentKDError, BudgetExceeded, InputError
 
 _worker: dict[str, Any] = {}
@@ -47,6 +48,9 @@ class BenchConfig:
     cascade: dict[str, Any] = field(default_factory=dict)
     retrieval: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """USD per million input / output tokens for models litellm does not price (a model behind
+    your own server), registered in every worker."""
     """`agentkd.Budget` caps: an episode over its cap ends with status 'budget' and the run
     goes on; a run over its cap stops with `BudgetExceeded` (resume it with a higher cap)."""
     planned: tuple[str, list[Path]] | None = field(default=None, repr=False, compare=False)
@@ -73,6 +77,8 @@ def _distiller(config: BenchConfig, run_id: str) -> Any:
     from agentkd.envs.alfworld import same_admissible_command
 
     expert.register()
+    for model, (input_per_mtok, output_per_mtok) in config.prices.items():
+        register_price(model, input_per_mtok, output_per_mtok)
     return Distiller(
         teacher=config.teacher, student=config.student, mode=config.mode,
         cascade=Cascade(**config.cascade), retrieval=Retrieval(**config.retrieval),

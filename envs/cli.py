@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agentkd.config import MODES, Cascade, load_cascade, validated
 from agentkd.envs.bench import BenchConfig, EpisodeOutcome, plan_games, run_bench
-from agentkd.errors import AgentKDError
+from agentkd.errors import AgentKDError, InputError
 
 bench_app = typer.Typer(help="Run benchmarks on real environments.", no_args_is_help=True)
 console = Console()
@@ -51,6 +51,19 @@ def _run_with_progress(config: BenchConfig, title: str) -> str:
     return run_id
 
 
+def parse_price(spec: str) -> tuple[str, tuple[float, float]]:
+    """`openai/qwen=0.05,0.10` → ("openai/qwen", (0.05, 0.10)), or an InputError saying why."""
+    model, _, numbers = spec.rpartition("=")
+    try:
+        input_per_mtok, output_per_mtok = (float(x) for x in numbers.split(","))
+    except ValueError:
+        input_per_mtok = output_per_mtok = -1.0
+    if not model or min(input_per_mtok, output_per_mtok) < 0:
+        raise InputError(f"--price {spec!r}: expected MODEL=IN,OUT with USD per million input "
+                         f"and output tokens >= 0, e.g. --price openai/qwen=0.05,0.10")
+    return model, (input_per_mtok, output_per_mtok)
+
+
 def _print_report(log: str, run_ids: list[str], as_json: bool = False) -> None:
     from agentkd.log import TrajectoryLog
     from agentkd.report import run_summaries, summary_table
@@ -87,10 +100,14 @@ def bench_alfworld(
                                             "asked and its action logged as a label for "
                                             "`agentkd calibrate` (1.0: every step)."),
     k: int = typer.Option(6, help="Demo windows per step."),
+    price: list[str] = typer.Option([], help="MODEL=IN,OUT: USD per million input / output "
+                                             "tokens for a model litellm does not price "
+                                             "(repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Play ALFWorld games with the reference ReAct agent under one mode, logged and resumable."""
     try:
+        prices = dict(map(parse_price, price))
         cascade_config = (load_cascade(cascade).model_dump() if cascade is not None
                           else {"samples": samples})
         if shadow is not None:
@@ -103,7 +120,7 @@ def bench_alfworld(
                          episodes=episodes, offset=offset, stratify=stratify,
                          workers=workers, demos=demos,
                          log=log, run=run, resume=resume, max_steps=max_steps,
-                         cascade=cascade_config, retrieval={"k": k})
+                         cascade=cascade_config, retrieval={"k": k}, prices=prices)
     try:
         run_id = _run_with_progress(config, f"{mode} on {split}")
         _print_report(log, [run_id], as_json)

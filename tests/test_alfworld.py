@@ -128,6 +128,23 @@ def test_resume_skips_finished_games(log_url, tmp_path):
     assert len({e.task_id for e in episodes}) == len(episodes) == 3
 
 
+def test_bench_prices_unpriced_models_and_rejects_bad_price_specs(scripted, log_url):
+    from agentkd.envs.cli import parse_price
+
+    assert parse_price("openai/qwen=0.05,0.1") == ("openai/qwen", (0.05, 0.1))
+    for bad in ("openai/qwen", "=1,2", "m=1", "m=a,b", "m=-1,2"):
+        with pytest.raises(agentkd.InputError, match="MODEL=IN,OUT"):
+            parse_price(bad)
+
+    scripted.scripts["scripted/own-server"] = lambda messages, n: ["Action: look"] * n
+    run_id, _ = run_bench(BenchConfig(mode="student", student="scripted/own-server",
+                                      episodes=1, max_steps=1, log=log_url,
+                                      prices={"scripted/own-server": (1000.0, 0.0)}))
+    log = agentkd.TrajectoryLog(log_url)
+    (call,) = log.calls(log.episodes(run_id)[0].id)
+    assert call.cost_usd == pytest.approx(call.prompt_tokens * 1000 / 1e6)
+
+
 def test_reference_agent_counts_invalid_actions(scripted, log_url):
     scripted.scripts["scripted/teacher"] = lambda messages, n: ["Action: launch rocket"] * n
     env = AlfWorldEnv(list_games("valid_seen")[0])
