@@ -1,7 +1,10 @@
 """The Distiller: serves the teacher's calls with a cheaper student whenever that is safe.
 
 One step (see DESIGN.md): retrieval key → demos → N student samples → gate → the student's
-majority answer or the teacher's → one logged step. Modes pick which parts run:
+majority answer or the teacher's → one logged step. Every student step logs its agreement
+signals; on the share of steps `Cascade.shadow` draws, the teacher's action is logged beside
+them as a calibration label (asked for separately when the student acted, never returned).
+Modes pick which parts run:
 
 - ``teacher``  teacher only (the baseline);
 - ``collect``  teacher only, and successful episodes become demos;
