@@ -35,6 +35,7 @@ from agentkd.errors import (
     TeacherError,
 )
 from agentkd.local_models import register as _register_local
+from agentkd.export import DatasetCard, ExportFilters, export_dataset
 from agentkd.log import TrajectoryLog
 from agentkd.report import RunSummary, run_summaries
 
@@ -58,8 +59,10 @@ __all__ = [
     "CalibrationError",
     "Cascade",
     "ConfigError",
+    "DatasetCard",
     "Distiller",
     "EpisodeScope",
+    "ExportFilters",
     "InputError",
     "KeyWeights",
     "Retrieval",
@@ -69,6 +72,7 @@ __all__ = [
     "TrajectoryLog",
     "calibrate_log",
     "current_episode",
+    "export_dataset",
     "load_cascade",
     "register_price",
     "run_summaries",
