@@ -42,6 +42,7 @@ from agentkd.config import Budget, Cascade, Retrieval, check_mode, load_cascade,
 from agentkd.costs import model_label
 from agentkd.episode import EpisodeScope, current_episode
 from agentkd.errors import BudgetExceeded, InputError, StoreError, TeacherError
+from agentkd.first_thought import seed_first_thought
 from agentkd.log import CallRecord, StepRecord, TrajectoryLog
 from agentkd.retrieval.collect import demo_episode_from_log
 from agentkd.retrieval.formatting import DemoTemplate, default_template, inject_demos
@@ -131,6 +132,9 @@ class Distiller:
             routed through BudgetMem (query = goal + observation) before the student sees it.
         memory_router: the tier policy: a `agentkd.memory.Router`, a tier name for every
             module ("low" / "mid" / "high") or a {module: tier} mapping.
+        first_thought: in teacher/collect mode, seed the teacher's first step of each
+            episode with the first paragraph of its own plain chain-of-thought on the task
+            (the agent-distillation paper's first-thought prefix; `agentkd.first_thought`).
     """
 
     def __init__(
@@ -155,6 +159,7 @@ class Distiller:
         label: str | None = None,
         memory: Any = None,
         memory_router: Any = "mid",
+        first_thought: bool = False,
     ) -> None:
         self.mode = check_mode(mode)
         if not isinstance(teacher, str) or not teacher:
@@ -177,6 +182,10 @@ class Distiller:
             raise InputError("teacher_retries must be >= 0")
         self.teacher_retries = teacher_retries
         self.memory, self.memory_router = memory, memory_router
+        if first_thought and self.mode not in ("teacher", "collect"):
+            raise InputError("first_thought seeds the teacher's trajectories: use it in mode "
+                             f"'collect' or 'teacher', not {self.mode!r}")
+        self.first_thought = first_thought
         self.log = log if isinstance(log, TrajectoryLog) else TrajectoryLog(log)
         self.demos = self._open_demos(demos)
         self.run_id = run or f"{self.mode}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -401,9 +410,14 @@ class Distiller:
                                              sampled.messages[decision.chosen_index or 0])
 
         if response is None:
-            response, record = self._ask_teacher(scope, messages, kwargs,
-                                                 "collect" if self.mode == "collect" else "teacher",
-                                                 calls)
+            role = "collect" if self.mode == "collect" else "teacher"
+            teacher_messages = messages
+            if self.first_thought and scope.steps == 0:
+                teacher_messages, cot = seed_first_thought(
+                    self.teacher, messages, {**kwargs, **self.teacher_kwargs}, role=role,
+                    retries=self.teacher_retries)
+                calls.append(cot)
+            response, record = self._ask_teacher(scope, teacher_messages, kwargs, role, calls)
             calls.append(record)
         final = response.choices[0].message.model_dump()
         actor = ("teacher" if verdict in ("teacher_only", "deferred", "student_error")

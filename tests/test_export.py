@@ -328,3 +328,38 @@ def test_cli_export_writes_the_file_and_card_and_rejects_bad_options(teacher_log
     result = runner.invoke(app, ["export", "--log", teacher_log, "--run", "collect",
                                  "--out", str(out), "--source", "robots"])
     assert result.exit_code == 2 and "source" in result.output
+
+
+def test_first_thought_prefix_seeds_the_teachers_first_step_only(scripted, log_url, tmp_path):
+    def teacher(messages: list[dict[str, Any]], n: int) -> list[str]:
+        last = messages[-1]["content"]
+        if "Think step by step" in last:
+            return ["Thought: the mug is likely in a cabinet.\nThen heat it.\n\nMore."] * n
+        if "Begin your reply with this first thought" in last:
+            return ["Thought: the mug is likely in a cabinet. Go there.\nAction: go to "
+                    "cabinet 1"] * n
+        return teacher_script(messages, n)
+
+    scripted.scripts[TEACHER] = teacher
+    with pytest.raises(InputError, match="first_thought seeds the teacher"):
+        agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="student", log=log_url,
+                          first_thought=True)
+    kd = agentkd.Distiller(teacher=TEACHER, mode="collect", log=log_url, run="ft",
+                           first_thought=True)
+    for task in ("f1", "f2"):
+        with kd.episode_scope(task_id=task) as scope:
+            appending_agent(f"heat a mug ({task})", 2)
+            scope.finish(success=True)
+    requests = [r[1][-1]["content"] for r in scripted.received]
+    # Per episode: the plain chain-of-thought, the seeded first step, an ordinary second step.
+    assert [("Think step by step" in r, "Begin your reply" in r) for r in requests] == \
+        [(True, False), (False, True), (False, False)] * 2
+    assert requests[1].endswith("Thought: the mug is likely in a cabinet. Then heat it.")
+    episode = kd.log.episodes("ft")[0]
+    assert [c.role for c in kd.log.calls(episode.id)] == ["collect", "collect", "collect"]
+    # The log, hence the dataset, keeps the agent's own prompt with the seeded answer.
+    out = tmp_path / "ft.jsonl"
+    export_dataset(log_url, "ft", out, filters=ExportFilters(val_fraction=0))
+    record = lines(out)[0]["messages"]
+    assert record[1]["content"] == "Your task is to: heat a mug (f1)"
+    assert record[2]["content"].startswith("Thought: the mug is likely in a cabinet.")
