@@ -34,8 +34,8 @@ from agentkd.errors import (
     StoreError,
     TeacherError,
 )
-from agentkd.local_models import register as _register_local
 from agentkd.export import DatasetCard, ExportFilters, export_dataset
+from agentkd.local_models import register as _register_local
 from agentkd.log import TrajectoryLog
 from agentkd.report import RunSummary, run_summaries
 

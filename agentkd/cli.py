@@ -170,8 +170,8 @@ def train(
     eval_base: bool = typer.Option(False, help="Also evaluate the base model first."),
     threads: int = typer.Option(None, help="CPU threads for torch."),
     merge: bool = typer.Option(True, help="Also write the merged model (merged/)."),
-    gguf: bool = typer.Option(True, help="Also write merged/model.gguf for the local "
-                              "llama.cpp backend (GGUF llama-architecture bases only)."),
+    gguf: bool = typer.Option(None, help="Write merged/model.gguf for the local llama.cpp "
+                              "backend (default: when the base is a GGUF file)."),
 ) -> None:
     """LoRA fine-tuning of a small student on an exported dataset (TRL SFTTrainer)."""
     from pydantic import ValidationError
@@ -184,7 +184,7 @@ def train(
                              alpha=alpha, lr=lr, epochs=epochs, grad_accum=grad_accum,
                              max_length=max_length, max_records=max_records,
                              save_steps=save_steps, eval_limit=eval_limit, threads=threads,
-                             merge=merge or gguf, gguf=gguf)
+                             merge=merge, gguf=gguf)
     except ValidationError as exc:
         fail(f"bad training option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
         return

@@ -64,8 +64,8 @@ class TrainConfig(BaseModel):
                                    "held-out actions in the next-action evaluation")
     threads: int | None = Field(default=None, ge=1)
     merge: bool = True
-    gguf: bool = Field(default=False, description="also write merged/model.gguf (GGUF "
-                       "llama-architecture bases) for the local llama.cpp backend")
+    gguf: bool | None = Field(default=None, description="write merged/model.gguf for the "
+                              "local llama.cpp backend; None: when the base is a GGUF file")
     seed: int = 0
 
 
@@ -281,6 +281,16 @@ def _eval_conversations(config: TrainConfig) -> list[list[Turn]]:
     return read_dataset(path) if path is not None else []
 
 
+def _gguf_template(config: TrainConfig) -> Path | None:
+    """The base GGUF file the merged student is written into, or None for no GGUF."""
+    folder, gguf = resolve_base(config.base)
+    if config.gguf and gguf is None:
+        raise ConfigError(f"--gguf needs a GGUF base (a .gguf file or local/<name>), whose "
+                          f"metadata and tokenizer are the template; {config.base!r} is not "
+                          f"one. Serve its merged folder with vLLM instead (--no-gguf)")
+    return Path(folder) / gguf if gguf and config.gguf is not False else None
+
+
 def _latest_checkpoint(folder: Path) -> str | None:
     found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
                    if p.name.split("-")[-1].isdigit() else -1)
@@ -301,6 +311,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
     if config.threads:
         torch.set_num_threads(config.threads)
     conversations = read_dataset(config.data)
+    gguf_template = _gguf_template(config)
     if config.max_records is not None and config.max_records < len(conversations):
         conversations = random.Random(config.seed).sample(conversations, config.max_records)
     held_out = _eval_conversations(config)
@@ -356,19 +367,15 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
     tuned_eval = (next_action_accuracy(held_out, greedy_generator(model, tokenizer),
                                        config.eval_limit) if held_out else None)
     merged = gguf_file = None
-    if config.merge or config.gguf:
+    if config.merge or gguf_template:
         merged = config.out / MERGED_DIR
         full = model.merge_and_unload()
         full.save_pretrained(str(merged))
         tokenizer.save_pretrained(str(merged))
-        base_path, base_gguf = resolve_base(config.base)
-        if config.gguf:
-            if base_gguf is None:
-                raise ConfigError("--gguf needs a GGUF base (a .gguf file or local/<name>): "
-                                  "its metadata and tokenizer are the template")
+        if gguf_template:
             from agentkd.gguf_export import write_gguf
 
-            gguf_file = write_gguf(full.state_dict(), Path(base_path) / base_gguf,
+            gguf_file = write_gguf(full.state_dict(), gguf_template,
                                    (merged / GGUF_FILE).resolve())
     report = TrainReport(
         config=config, train_records=len(rows),
