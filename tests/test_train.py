@@ -168,3 +168,17 @@ def test_tiny_real_run_lowers_validation_loss_resumes_and_serves_back(tmp_path):
     reply = litellm.completion(model=f"local/{report.gguf}", temperature=0.0, max_tokens=12,
                                messages=[m for m in episode("shelf", "mug")["messages"][:2]])
     assert reply.choices[0].message.content
+
+
+def test_cli_evaluate_scores_any_litellm_model_against_the_teacher(scripted, tmp_path):
+    data = write(tmp_path / "v.jsonl", [episode("shelf", "mug"), episode("desk", "pen")])
+    # Right on the first move of each episode only, in its own casing and punctuation.
+    scripted.scripts["scripted/student"] = lambda messages, n: [
+        "Thought: go.\nAction: Go to " + messages[-1]["content"].split()[3].upper() + " 1."
+        if len(messages) == 2 else "Action: look"] * n
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--model",
+                                      "scripted/student", "--json"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.output[result.output.index("{"):])
+    assert (scored["targets"], scored["matched"], scored["no_action"]) == (4, 2, 0)
+    assert all(r[2]["temperature"] == 0.0 for r in scripted.received)
