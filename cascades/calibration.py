@@ -102,7 +102,8 @@ class CurvePoint(BaseModel):
 
 
 class Calibration(BaseModel):
-    """What `calibrate` found; `chosen` is None only in `evaluate`'s output."""
+    """What `calibrate` found. `chosen` is None when no rule qualifies; `problem` then says
+    why and what to do (with ``require=True`` it is raised as a `CalibrationError`)."""
 
     runs: list[str]
     target_accuracy: float
@@ -113,11 +114,18 @@ class Calibration(BaseModel):
     chosen: CurvePoint | None
     paper_rule: CurvePoint | None
     curve: list[CurvePoint]
+    problem: str | None = None
+
+    def focus(self) -> CurvePoint | None:
+        """The point to show: the chosen rule, else the paper's, else the most accurate."""
+        return self.chosen or self.paper_rule or max(
+            (p for p in self.curve if p.accuracy_low is not None),
+            key=lambda p: p.accuracy_low or 0.0, default=None)
 
     def cascade(self) -> Cascade:
         """The chosen rule as a `Cascade` that `Distiller(cascade=...)` takes."""
         if self.chosen is None:
-            raise CalibrationError("no rule was chosen")
+            raise CalibrationError(self.problem or "no rule was chosen")
         return Cascade.model_validate({"samples": self.chosen.variant.samples,
                                        "temperature": self.chosen.variant.temperature,
                                        "rule": self.chosen.rule})
@@ -203,13 +211,15 @@ def calibrate(steps: Sequence[LabelledStep], variants: dict[str, Variant], *,
     """Evaluate every (variant, signal, threshold) on the labelled steps and pick the
     cheapest rule whose accuracy's lower bound reaches `target_accuracy`.
 
-    With `require=False` nothing is chosen and no error is raised (the curve only).
+    With `require=False` no error is raised when no rule qualifies: the result carries the
+    curve, no chosen rule and the `problem`.
     """
     needed = min_accepted(target_accuracy, confidence)
     if bootstrap < 100:
         raise InputError(f"bootstrap must be >= 100 resamples, got {bootstrap}")
-    if require and len(steps) < needed:
-        raise CalibrationError(
+    problem = None
+    if len(steps) < needed:
+        problem = (
             f"too few labelled steps: {len(steps)} shadow steps with a teacher label; showing "
             f"accepted-step accuracy >= {target_accuracy:g} at {confidence:.0%} confidence "
             f"needs at least {needed} labelled steps the rule accepts (all of them correct), "
@@ -250,17 +260,19 @@ def calibrate(steps: Sequence[LabelledStep], variants: dict[str, Variant], *,
     eligible = [p for p in points if p.accepted >= needed and p.accuracy_low is not None
                 and p.accuracy_low >= target_accuracy - 1e-12]
     chosen = min(eligible, key=lambda p: (p.cost_per_step, -p.accepted_share), default=None)
-    if require and chosen is None:
+    if chosen is None and problem is None:
         best = max((p for p in points if p.accepted >= needed and p.accuracy_low is not None),
                    key=lambda p: p.accuracy_low or 0.0, default=None)
         detail = (f"the best lower bound is {best.accuracy_low:.3f} ({best.rule.signal} "
                   f"threshold {best.rule.threshold:g}, N={best.variant.samples}, accepting "
                   f"{best.accepted_share:.0%})" if best else
                   f"no rule accepts the {needed} labelled steps needed")
-        raise CalibrationError(
+        problem = (
             f"no acceptance rule reaches accepted-step accuracy {target_accuracy:g} at "
             f"{confidence:.0%} confidence on {len(steps)} labelled steps: {detail}. Lower "
             f"the target, label more steps, or keep the teacher (mode 'teacher')")
+    if require and problem is not None:
+        raise CalibrationError(problem)
     paper = next((p for p in points if p.variant.samples == 3
                   and abs(p.variant.temperature - 0.1) < 1e-9
                   and p.rule.signal == "majority_share" and p.rule.threshold >= 1.0 - 1e-9),
@@ -268,7 +280,7 @@ def calibrate(steps: Sequence[LabelledStep], variants: dict[str, Variant], *,
     return Calibration(runs=sorted({s.run_id for s in steps}), target_accuracy=target_accuracy,
                        confidence=confidence, labelled_steps=len(steps), min_accepted=needed,
                        steps_per_episode=steps_per_episode, chosen=chosen, paper_rule=paper,
-                       curve=points)
+                       curve=points, problem=problem)
 
 
 def _score(variant: Variant, rules: list[AcceptanceRule], accept: np.ndarray,
@@ -316,7 +328,8 @@ def plot_curve(result: Calibration, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variant = result.chosen.variant if result.chosen else Variant(samples=3, temperature=0.1)
+    focus = result.focus()
+    variant = focus.variant if focus else Variant(samples=3, temperature=0.1)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for signal in SIGNALS:
         points = sorted((p for p in result.curve if p.variant == variant

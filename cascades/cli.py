@@ -39,20 +39,18 @@ def _table(title: str) -> Table:
     return table
 
 
-def _curve_table(result: Calibration) -> Table:
-    """The chosen signal's curve at the chosen variant, thinned to a readable length."""
-    chosen = result.chosen
-    assert chosen is not None
-    points = sorted((p for p in result.curve if p.variant == chosen.variant
-                     and p.rule.signal == chosen.rule.signal), key=lambda p: p.accepted_share)
+def _curve_table(result: Calibration, focus: CurvePoint) -> Table:
+    """The curve of `focus`'s signal at its variant, thinned to a readable length."""
+    points = sorted((p for p in result.curve if p.variant == focus.variant
+                     and p.rule.signal == focus.rule.signal), key=lambda p: p.accepted_share)
     step = max(1, len(points) // _CURVE_ROWS)
-    shown = {id(p) for p in points[::step]} | {id(chosen)}
+    shown = {id(p) for p in points[::step]} | {id(focus)}
     interval = f"{1 - 2 * (1 - result.confidence):.0%} interval"
-    table = _table(f"accepted share vs accepted-step accuracy ({chosen.rule.signal}; "
+    table = _table(f"accepted share vs accepted-step accuracy ({focus.rule.signal}; "
                    f"{interval})")
     for p in points:
         if id(p) in shown:
-            table.add_row(*_row("→" if p is chosen else "", p))
+            table.add_row(*_row("→" if p is focus else "", p))
     return table
 
 
@@ -78,25 +76,38 @@ def calibrate(
     try:
         with console.status("fitting acceptance rules on the labelled steps …"):
             result = calibrate_log(TrajectoryLog(log), run, target_accuracy=target_accuracy,
-                                   confidence=confidence, bootstrap=bootstrap, seed=seed)
-        cascade = result.cascade()
-        save_cascade(out, cascade, result.summary())
+                                   confidence=confidence, bootstrap=bootstrap, seed=seed,
+                                   require=False)
+        # The curve is worth seeing even when no rule qualifies: it shows how far off it is.
         png = plot_curve(result, plot or out.with_suffix(".png"))
+        if result.chosen is not None:
+            save_cascade(out, result.cascade(), result.summary())
     except AgentKDError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(result.summary(), indent=2))
-        return
-    chosen = result.chosen
-    assert chosen is not None
-    console.print(_curve_table(result))
-    summary = _table(f"at the chosen point ({result.labelled_steps} labelled steps, "
-                     f"{result.steps_per_episode:.1f} steps per episode)")
-    summary.add_row(*_row("calibrated", chosen))
-    if result.paper_rule is not None:
-        summary.add_row(*_row("paper rule", result.paper_rule))
+    else:
+        _print_result(result, out, png)
+    if result.chosen is None:
+        console.print(f"[red]error:[/red] {result.problem}")
+        raise typer.Exit(2)
+
+
+def _print_result(result: Calibration, out: Path, png: Path) -> None:
+    focus = result.focus()
+    if focus is not None:
+        console.print(_curve_table(result, focus))
+    summary = _table(f"{result.labelled_steps} labelled steps, "
+                     f"{result.steps_per_episode:.1f} steps per episode")
+    for name, point in (("calibrated", result.chosen), ("paper rule", result.paper_rule)):
+        if point is not None:
+            summary.add_row(*_row(name, point))
     console.print(summary)
+    chosen = result.chosen
+    if chosen is None:
+        console.print(f"curve: {png}; no cascade config written", highlight=False)
+        return
     console.print(f"expected teacher-call rate {chosen.teacher_call_rate:.1%}, cost per "
                   f"episode ${chosen.cost_per_episode:.5f}\nwrote {out} (load it with "
                   f"Distiller(cascade={str(out)!r})) and {png}", highlight=False)

@@ -313,6 +313,9 @@ def test_calibrate_command_on_a_shadow_run(scripted, tmp_path):
                                       "--target-accuracy", "0.9", "--confidence", "0.8",
                                       "--out", str(out), "--bootstrap", "300"])
     assert result.exit_code == 2 and "no acceptance rule reaches" in result.output
+    # No config is written, but the curve is shown and saved: it says how far off it is.
+    assert not out.exists() and out.with_suffix(".png").exists()
+    assert "paper rule" in result.output
     result = CliRunner().invoke(app, ["calibrate", "--log", url, "--run", "shadowed",
                                       "--target-accuracy", "0.4", "--confidence", "0.8",
                                       "--out", str(out), "--bootstrap", "300"])
