@@ -315,7 +315,7 @@ def test_calibrate_command_on_a_shadow_run(scripted, tmp_path):
     assert result.exit_code == 2 and "no acceptance rule reaches" in result.output
     # No config is written, but the curve is shown and saved: it says how far off it is.
     assert not out.exists() and out.with_suffix(".png").exists()
-    assert "paper rule" in result.output
+    assert "accepted share vs accepted-step accuracy" in result.output
     result = CliRunner().invoke(app, ["calibrate", "--log", url, "--run", "shadowed",
                                       "--target-accuracy", "0.4", "--confidence", "0.8",
                                       "--out", str(out), "--bootstrap", "300"])
