@@ -333,7 +333,12 @@ def _n_threads() -> int:
         if not raw.isdigit() or int(raw) < 1:
             raise ConfigError(f"AGENTKD_LOCAL_N_THREADS must be an integer >= 1, got {raw!r}")
         return int(raw)
-    try:  # the cores this process may run on, which a container can limit below cpu_count
+    return available_cores()
+
+
+def available_cores() -> int:
+    """The cores this process may run on, which a container can limit below cpu_count."""
+    try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1

@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--modes", default="teacher,student,icd,distill")
     parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="games played at once (each worker gets cores / W threads)")
     parser.add_argument("--placement", default=None,
                         help="where demos go: system | before_observation (default: Retrieval's)")
     args = parser.parse_args()
@@ -58,7 +60,7 @@ def main() -> None:
         start = time.perf_counter()
         _, outcomes = run_bench(BenchConfig(
             mode=mode, teacher=args.teacher, student=args.student, split=split, episodes=games,
-            stratify=True,
+            stratify=True, workers=args.workers,
             demos=demos if mode in ("collect", "icd", "distill") else None, log=log,
             run=run_id, resume=True, max_steps=steps, retrieval=retrieval),
             on_episode=lambda o, m=mode: console.print(

@@ -8,6 +8,7 @@ and marks episodes left running by a dead worker as interrupted.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -48,11 +49,11 @@ class BenchConfig:
     cascade: dict[str, Any] = field(default_factory=dict)
     retrieval: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
+    """`agentkd.Budget` caps: an episode over its cap ends with status 'budget' and the run
+    goes on; a run over its cap stops with `BudgetExceeded` (resume it with a higher cap)."""
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
     """USD per million input / output tokens for models litellm does not price (a model behind
     your own server), registered in every worker."""
-    """`agentkd.Budget` caps: an episode over its cap ends with status 'budget' and the run
-    goes on; a run over its cap stops with `BudgetExceeded` (resume it with a higher cap)."""
     planned: tuple[str, list[Path]] | None = field(default=None, repr=False, compare=False)
     """(run id, games still to play), set by `plan_games` on resume: `run_bench` plays that
     plan, so a caller that plans first (to size a progress bar) never replays finished games."""
@@ -87,7 +88,20 @@ def _distiller(config: BenchConfig, run_id: str) -> Any:
     )
 
 
+def share_cores(workers: int) -> None:
+    """Give each of `workers` processes its share of the cores for local models.
+
+    Each worker loads its own local model; W workers using all cores each would oversubscribe
+    the CPU and run slower than one. An explicit AGENTKD_LOCAL_N_THREADS wins.
+    """
+    if workers > 1 and not os.environ.get("AGENTKD_LOCAL_N_THREADS"):
+        from agentkd.local_models import available_cores
+
+        os.environ["AGENTKD_LOCAL_N_THREADS"] = str(max(1, available_cores() // workers))
+
+
 def _init_worker(config: BenchConfig, run_id: str) -> None:
+    share_cores(config.workers)
     _worker["kd"] = _distiller(config, run_id)
     _worker["config"] = config
 

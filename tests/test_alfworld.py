@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import agentkd
 from agentkd.envs import closest_admissible, expert, react_agent
 from agentkd.envs.alfworld import AlfWorldEnv, current_expert_action, data_dir, list_games
-from agentkd.envs.bench import BenchConfig, plan_games, run_bench, stratified
+from agentkd.envs.bench import BenchConfig, plan_games, run_bench, share_cores, stratified
+from agentkd.local_models import available_cores
 
 STUDENT = "scripted/student"
 
@@ -143,6 +146,18 @@ def test_bench_prices_unpriced_models_and_rejects_bad_price_specs(scripted, log_
     log = agentkd.TrajectoryLog(log_url)
     (call,) = log.calls(log.episodes(run_id)[0].id)
     assert call.cost_usd == pytest.approx(call.prompt_tokens * 1000 / 1e6)
+
+
+def test_parallel_workers_share_the_cores_unless_told(monkeypatch):
+    monkeypatch.setenv("AGENTKD_LOCAL_N_THREADS", "")  # restored after the test, set or not
+    monkeypatch.delenv("AGENTKD_LOCAL_N_THREADS")
+    share_cores(1)
+    assert "AGENTKD_LOCAL_N_THREADS" not in os.environ
+    share_cores(2 * available_cores())
+    assert os.environ["AGENTKD_LOCAL_N_THREADS"] == "1"
+    monkeypatch.setenv("AGENTKD_LOCAL_N_THREADS", "3")
+    share_cores(2)
+    assert os.environ["AGENTKD_LOCAL_N_THREADS"] == "3"
 
 
 def test_reference_agent_counts_invalid_actions(scripted, log_url):
