@@ -54,7 +54,7 @@ def report(
     if as_json:
         typer.echo(json.dumps([s.model_dump() for s in summaries], indent=2))
     else:
-        console.print(summary_table(summaries))
+        console.print(summary_table(summaries, width=console.width))
 
 
 @app.command()

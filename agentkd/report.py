@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pydantic import BaseModel
+from rich import box
 from rich.table import Table
 from sqlalchemy import case, func, select
 
@@ -114,24 +115,52 @@ def _fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def summary_table(summaries: Sequence[RunSummary], title: str = "agentkd runs") -> Table:
-    """The report as a rich table."""
-    table = Table(title=title)
-    for column in ("run", "mode", "teacher", "student", "episodes", "success", "steps/ep",
+WIDE_TABLE = 150
+"""Terminal columns the full report table needs; narrower terminals get the compact one."""
+
+
+def summary_table(summaries: Sequence[RunSummary], title: str = "agentkd runs",
+                  width: int | None = None) -> Table:
+    """The report as a rich table.
+
+    Given a terminal `width` below `WIDE_TABLE`, the table drops the run id, teacher and
+    student columns (the caption names the models instead) and the accepted-accuracy column when
+    no run has labels, so it stays readable on an 80-column terminal.
+    """
+    compact = width is not None and width < WIDE_TABLE
+    labelled = any(r.accepted_accuracy is not None for r in summaries)
+    columns = ["mode", "eps", "success", "steps/ep", "teacher%"]
+    columns += ["accepted"] if labelled else []
+    columns += ["$/ep", "rel cost", "break-even"]
+    if not compact:
+        columns = ["run", "mode", "teacher", "student", "episodes", "success", "steps/ep",
                    "teacher-call rate", "accepted acc. (labelled)", "cost/ep (USD)",
-                   "relative cost", "break-even eps"):
-        table.add_column(column, justify="left" if column in ("run", "mode", "teacher",
-                                                              "student") else "right")
+                   "relative cost", "break-even eps"]
+    table = Table(title=title, box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+                  pad_edge=not compact, padding=(0, 1, 0, 0) if compact else (0, 1))
+    for column in columns:
+        table.add_column(column, no_wrap=compact,
+                         justify="left" if column in ("run", "mode", "teacher",
+                                                      "student") else "right")
     for r in summaries:
-        teacher = r.teacher + (f" ({r.label})" if r.label else "")
-        table.add_row(
-            r.run_id, r.mode, teacher, r.student or "–", str(r.episodes),
-            _fmt(r.success_rate, ".2f"), _fmt(r.steps_per_episode, ".1f"),
-            _fmt(r.teacher_call_rate, ".1%"),
-            _fmt(r.accepted_accuracy, ".1%") + (f" ({r.labelled_accepted})"
-                                                if r.labelled_accepted else ""),
-            _fmt(r.cost_per_episode, ".5f"),
-            _fmt(r.relative_cost, ".2f") + ("×" if r.relative_cost is not None else ""),
-            _fmt(r.break_even_episodes, ".0f"),
-        )
+        accepted = _fmt(r.accepted_accuracy, ".1%") + (
+            f" ({r.labelled_accepted})" if r.labelled_accepted else "")
+        numbers = [_fmt(r.success_rate, ".2f"), _fmt(r.steps_per_episode, ".1f"),
+                   _fmt(r.teacher_call_rate, ".1%")]
+        money = [_fmt(r.cost_per_episode, ".5f"),
+                 _fmt(r.relative_cost, ".2f") + ("×" if r.relative_cost is not None else ""),
+                 _fmt(r.break_even_episodes, ".0f")]
+        if compact:
+            table.add_row(r.mode, str(r.episodes), *numbers,
+                          *([accepted] if labelled else []), *money)
+        else:
+            teacher = r.teacher + (f" ({r.label})" if r.label else "")
+            table.add_row(r.run_id, r.mode, teacher, r.student or "–", str(r.episodes),
+                          *numbers, accepted, *money)
+    if compact:
+        teachers = sorted({r.teacher + (f" ({r.label})" if r.label else "") for r in summaries})
+        students = sorted({r.student for r in summaries if r.student})
+        table.caption = (f"teacher% = teacher-call rate; teacher: {', '.join(teachers)}; student: "
+                         f"{', '.join(students) or '–'}; runs: "
+                         f"{', '.join(r.run_id for r in summaries)}")
     return table

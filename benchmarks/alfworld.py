@@ -69,7 +69,8 @@ def main() -> None:
         timings[run_id] = {"seconds": time.perf_counter() - start, "episodes_now": len(outcomes)}
         runs.append(run_id)
     summaries = run_summaries(TrajectoryLog(log), run_ids=runs)
-    console.print(summary_table(summaries, title="ALFWorld (valid_seen subset)"))
+    console.print(summary_table(summaries, title="ALFWorld (valid_seen subset)",
+                                width=console.width))
     out = Path(__file__).parent / "results" / "alfworld.json"
     out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                "runs": [s.model_dump() for s in summaries],

@@ -27,7 +27,8 @@ def _run_with_progress(config: BenchConfig, title: str) -> str:
     if skipped:
         console.print(f"[dim]{title}: resuming run {run_id}, {skipped} games already done[/dim]")
     totals = {"done": 0, "won": 0, "cost": 0.0, "steps": 0, "teacher": 0}
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    # Narrow bar: the stats and the elapsed time must fit an 80-column terminal.
+    columns = [TextColumn("{task.description}"), BarColumn(bar_width=12), MofNCompleteColumn(),
                TextColumn("{task.fields[stats]}"), TimeElapsedColumn()]
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(title, total=len(games), stats="")
@@ -40,8 +41,8 @@ def _run_with_progress(config: BenchConfig, title: str) -> str:
             totals["teacher"] += outcome.teacher_steps
             rate = totals["teacher"] / totals["steps"] if totals["steps"] else 0.0
             progress.update(task, advance=1, stats=(
-                f"success {totals['won']}/{totals['done']}  cost ${totals['cost']:.4f}  "
-                f"teacher-call rate {rate:.0%}"))
+                f"won {totals['won']}/{totals['done']}  ${totals['cost']:.4f}  "
+                f"teacher calls {rate:.0%}"))
 
         try:
             run_bench(config, on_episode=update)
@@ -72,7 +73,7 @@ def _print_report(log: str, run_ids: list[str], as_json: bool = False) -> None:
     if as_json:
         typer.echo(json.dumps([s.model_dump() for s in summaries], indent=2))
     else:
-        console.print(summary_table(summaries))
+        console.print(summary_table(summaries, width=console.width))
 
 
 @bench_app.command("alfworld")
