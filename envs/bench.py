@@ -3,7 +3,9 @@
 Each game is one episode of the reference ReAct agent inside a Distiller episode scope. With
 `workers > 1` games run in a pool of processes, each with its own Distiller (same run id, same
 log) and its own environment per game. `resume=True` skips games the run already finished
-and marks episodes left running by a dead worker as interrupted.
+and marks episodes left running by a dead worker as interrupted. A demo store has one writer:
+parallel collect workers only log, and the parent adds the run's successful episodes to the
+store from the log when the games are done (idempotent, so a resumed run completes it).
 """
 
 from __future__ import annotations
@@ -83,7 +85,9 @@ def _distiller(config: BenchConfig, run_id: str) -> Any:
     return Distiller(
         teacher=config.teacher, student=config.student, mode=config.mode,
         cascade=Cascade(**config.cascade), retrieval=Retrieval(**config.retrieval),
-        budget=Budget(**config.budget), demos=config.demos, log=config.log, run=run_id,
+        budget=Budget(**config.budget),
+        demos=None if _demos_written_by_parent(config) else config.demos, log=config.log,
+        run=run_id,
         equivalent=same_admissible_command,
     )
 
@@ -193,7 +197,22 @@ def run_bench(config: BenchConfig, on_episode: Callable[[EpisodeOutcome], None] 
         outcomes.append(outcome)
         if on_episode:
             on_episode(outcome)
+    demos = _demos_written_by_parent(config)
+    if demos is not None:
+        from agentkd.log import TrajectoryLog
+        from agentkd.retrieval import DemoStore
+        from agentkd.retrieval.collect import demos_from_log
+
+        demos_from_log(TrajectoryLog(config.log), run_id, DemoStore.open(demos, create=True))
     return run_id, outcomes
+
+
+def _demos_written_by_parent(config: BenchConfig) -> str | None:
+    """The demo store of a parallel collect run: its workers would race on the store's files
+    (the store refuses a second writer), so the parent fills it from the log instead."""
+    if config.mode == "collect" and config.workers > 1:
+        return config.demos
+    return None
 
 
 def _play_all(config: BenchConfig, run_id: str, games: list[str]) -> Iterator[EpisodeOutcome]:

@@ -120,6 +120,23 @@ def test_disagreeing_student_defers_to_the_expert(scripted, log_url, tmp_path):
     assert summary.break_even_episodes is None
 
 
+def test_parallel_collect_fills_one_demo_store_from_the_log(log_url, tmp_path):
+    from agentkd.retrieval import DemoStore
+
+    demos = str(tmp_path / "demos")
+    config = BenchConfig(mode="collect", split="train", episodes=3, workers=2, log=log_url,
+                         demos=demos, run="parallel-collect", max_steps=40)
+    _, outcomes = run_bench(config)
+    won = sum(o.success for o in outcomes)
+    assert len(outcomes) == 3 and won >= 1
+    store = DemoStore.open(demos)
+    assert len(store.sources()) == won
+    # A resumed run with nothing left to play adds nothing twice.
+    run_bench(BenchConfig(mode="collect", split="train", episodes=3, workers=2, log=log_url,
+                          demos=demos, run="parallel-collect", resume=True, max_steps=40))
+    assert len(DemoStore.open(demos).sources()) == won
+
+
 def test_resume_skips_finished_games(log_url, tmp_path):
     config = BenchConfig(mode="teacher", split="valid_seen", episodes=2, log=log_url,
                          run="resumable")
