@@ -297,6 +297,47 @@ def _latest_checkpoint(folder: Path) -> str | None:
     return str(found[-1]) if found else None
 
 
+def _rich_progress() -> Any:
+    """A transformers callback drawing training steps and the latest loss as a rich bar.
+
+    (TRL's RichProgressCallback fails when `evaluate()` runs before `train()`, as here.)
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from transformers import TrainerCallback
+
+    class RichProgress(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[loss]}"), TimeElapsedColumn(),
+                                TimeRemainingColumn())
+            self.task: Any = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=state.max_steps,
+                                          completed=state.global_step, loss="")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.bar.update(self.task, completed=state.global_step)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
+                   **_: Any) -> None:
+            if self.task is not None and logs and "loss" in logs:
+                self.bar.update(self.task, loss=f"loss {logs['loss']:.3f}")
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.bar.stop()
+
+    return RichProgress()
+
+
 def train(config: TrainConfig, log: Callable[[str], None] = print,
           evaluate_base: bool = False) -> TrainReport:
     """Run (or resume) one fine-tuning run; writes the adapter, the merged model and the
@@ -305,6 +346,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # fork after tokenising warns
@@ -346,11 +388,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
         gradient_checkpointing=False, optim="adamw_torch",
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         eval_strategy="no", report_to=[], seed=config.seed, use_cpu=not torch.cuda.is_available(),
-        max_length=None, dataloader_num_workers=0, disable_tqdm=False,
+        max_length=None, dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                         processing_class=tokenizer)
+                         processing_class=tokenizer, callbacks=[_rich_progress()])
+    # With tqdm off, transformers prints every log dict; the progress bar shows the loss.
+    trainer.remove_callback(PrinterCallback)
     loss_before = trainer.evaluate()["eval_loss"] if eval_rows else None
     resume = _latest_checkpoint(checkpoints)
     if resume:
