@@ -20,12 +20,14 @@ import litellm
 from agentkd.cascades.actions import default_extractor, normalize_action
 from agentkd.envs.base import Env
 
+# The command shapes are ALFWorld 0.4.2's (its expert says "move X to Y", not "put X in Y"):
+# a prompt that names another verb sends the student off the admissible list.
 SYSTEM_PROMPT = (
     "You are an agent in a household text game. Each turn, reply with one short thought and "
     "one action, exactly in this format:\n"
     "Thought: <one short sentence>\n"
     "Action: <one command from the admissible commands>\n"
-    "Commands look like: go to <place>, take <obj> from <place>, put <obj> in/on <place>, "
+    "Commands look like: go to <place>, take <obj> from <place>, move <obj> to <place>, "
     "open <x>, close <x>, clean <obj> with <sink>, heat <obj> with <microwave>, "
     "cool <obj> with <fridge>, use <lamp>, examine <x>, look, inventory."
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -36,6 +37,26 @@ def test_games_are_real_and_each_env_is_its_own_game():
         assert b.step("fly to the moon")[0] == "Nothing happens."
     finally:
         a.close(), b.close()
+
+
+def test_system_prompt_names_the_verbs_the_expert_uses():
+    from agentkd.envs.react import SYSTEM_PROMPT
+
+    shapes = SYSTEM_PROMPT.split("Commands look like:")[1]
+    game = stratified(list_games("valid_seen"), 2)[1]  # pick_and_place: go, take, move
+    env = AlfWorldEnv(game)
+    verbs = set()
+    try:
+        env.reset()
+        while not env.won:
+            action = env.expert_action
+            verbs.add(action.split()[0])
+            env.step(action)
+    finally:
+        env.close()
+    assert "move" in verbs
+    named = set(re.findall(r"(?:^|, )([a-z]+)", shapes.strip()))
+    assert verbs <= named, verbs - named
 
 
 def test_stratified_subset_covers_every_task_type_of_a_real_split():
