@@ -54,6 +54,7 @@ def main() -> None:
     plan = [("collect", "train", args.train_games, 50)]
     plan += [(mode, "valid_seen", args.games, args.max_steps) for mode in args.modes.split(",")]
     console = Console()
+    out = Path(__file__).parent / "results" / "alfworld.json"
     runs, timings = [], {}
     for mode, split, games, steps in plan:
         run_id = f"bench-{mode}"
@@ -68,13 +69,13 @@ def main() -> None:
                 f"invalid={o.invalid_actions} teacher_steps={o.teacher_steps}[/dim]"))
         timings[run_id] = {"seconds": time.perf_counter() - start, "episodes_now": len(outcomes)}
         runs.append(run_id)
-    summaries = run_summaries(TrajectoryLog(log), run_ids=runs)
+        # Written after every mode, so a run cut short still leaves its finished modes' numbers.
+        summaries = run_summaries(TrajectoryLog(log), run_ids=runs)
+        out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                   "runs": [s.model_dump() for s in summaries],
+                                   "timings": timings}, indent=2))
     console.print(summary_table(summaries, title="ALFWorld (valid_seen subset)",
                                 width=console.width))
-    out = Path(__file__).parent / "results" / "alfworld.json"
-    out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                               "runs": [s.model_dump() for s in summaries],
-                               "timings": timings}, indent=2))
     console.print(f"wrote {out}")
 
 
