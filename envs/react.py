@@ -6,8 +6,7 @@ Each step the model answers "Thought: ...\\nAction: <command>". The prompt stays
 the latest observation lists the admissible commands, and only the last `history` exchanges
 are kept. The action is mapped to the
 closest admissible command when the environment lists them; an action that matches none is
-sent as is (ALFWorld answers "Nothing happens.") and counted as invalid. When the same command
-keeps getting the same observation, the next observation says so and asks for another command.
+sent as is (ALFWorld answers "Nothing happens.") and counted as invalid.
 """
 
 from __future__ import annotations
@@ -33,9 +32,6 @@ SYSTEM_PROMPT = (
     "cool <obj> with <fridge>, use <lamp>, examine <x>, look, inventory."
 )
 MATCH_CUTOFF = 0.6  # below this similarity an action is not a typo of any admissible command
-# Small models get stuck re-sending one command that changes nothing ("examine drawer 4" for
-# 15 steps); after this many such repeats the next observation says so.
-STUCK_REPEATS = 2
 
 
 def closest_admissible(action: str, admissible: list[str] | None) -> str | None:
@@ -48,11 +44,6 @@ def closest_admissible(action: str, admissible: list[str] | None) -> str | None:
         return by_normal[normal]
     match = difflib.get_close_matches(normal, list(by_normal), n=1, cutoff=MATCH_CUTOFF)
     return by_normal[match[0]] if match else None
-
-
-def stuck_note(command: str, repeats: int) -> str:
-    return (f"Note: '{command}' has changed nothing {repeats} times in a row; "
-            "choose a different command.")
 
 
 def format_observation(observation: str, admissible: list[str] | None) -> str:
@@ -102,13 +93,9 @@ def react_agent(env: Env, model: str, *, max_steps: int = 50, max_tokens: int = 
     observation = first_observation
     actions: list[str] = []
     invalid = 0
-    repeats = 0
     done = False
     for _ in range(max_steps):
-        latest = observation
-        if repeats >= STUCK_REPEATS:
-            latest = f"{observation}\n{stuck_note(actions[-1], repeats)}"
-        messages = _prompt(first_observation, turns, latest, env.admissible_actions, history)
+        messages = _prompt(first_observation, turns, observation, env.admissible_actions, history)
         reply = litellm.completion(model=model, messages=messages, max_tokens=max_tokens,
                                    stop=["\nObservation:"], **completion_kwargs)
         text = reply.choices[0].message.content or ""
@@ -117,11 +104,8 @@ def react_agent(env: Env, model: str, *, max_steps: int = 50, max_tokens: int = 
         if command is None:
             invalid += 1
             command = normalize_action(raw) or "look"
-        previous = observation
-        repeated = bool(actions) and actions[-1] == command
         actions.append(command)
         observation, _reward, done, info = env.step(command)
-        repeats = repeats + 1 if repeated and observation == previous else 0
         turns.append((text.strip(), observation))
         if done:
             break

@@ -208,25 +208,6 @@ def test_reference_agent_counts_invalid_actions(scripted, log_url):
     assert result.invalid_actions == 3 and not result.success
 
 
-def test_reference_agent_says_when_a_repeated_command_changes_nothing(scripted):
-    prompts: list[str] = []
-
-    def stubborn(messages, n):
-        prompts.append(messages[-1]["content"])
-        return ["Action: inventory" if "Note:" in prompts[-1] else "Action: look"] * n
-
-    scripted.scripts["scripted/stubborn"] = stubborn
-    env = AlfWorldEnv(list_games("valid_seen")[0])
-    try:
-        result = react_agent(env, "scripted/stubborn", max_steps=5)
-    finally:
-        env.close()
-    # look #1 leaves the first room description; #2 and #3 change nothing: the 4th prompt says so.
-    assert result.actions == ["look", "look", "look", "inventory", "look"]
-    assert ["Note:" in p for p in prompts] == [False, False, False, True, False]
-    assert "'look' has changed nothing 2 times in a row" in prompts[3]
-
-
 def test_alfworld_version_is_the_one_we_rely_on():
     import importlib.metadata
 
