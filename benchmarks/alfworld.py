@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,9 +25,42 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).pa
 
 from rich.console import Console
 
+from agentkd.cascades.actions import normalize_action
 from agentkd.envs.bench import BenchConfig, run_bench
+from agentkd.envs.react import closest_admissible
 from agentkd.log import TrajectoryLog
 from agentkd.report import run_summaries, summary_table
+
+
+def step_diagnostics(log: TrajectoryLog, run_id: str) -> dict[str, float | int]:
+    """Why a mode won or lost, from its logged steps.
+
+    `repeat_share`: steps that resend the previous command to the same observation (a looping
+    agent); `mapped_share`: student actions that were not admissible as written and that the
+    reference agent mapped to the nearest admissible command.
+    """
+    latencies, repeats, deferred, student_steps, mapped = [], 0, 0, 0, 0
+    for episode in log.episodes(run_id):
+        previous = None
+        for step in log.steps(episode.id):
+            latencies.append(step.latency_ms / 1000)
+            now = (step.final_action, step.observation)
+            repeats += previous == now
+            previous = now
+            deferred += step.verdict == "deferred"
+            # The reference agent lists the admissible commands last in each observation.
+            listed = (step.observation or "").rpartition("Admissible commands: ")[2]
+            if step.actor == "teacher" or not listed:
+                continue
+            student_steps += 1
+            admissible = listed.split(", ")
+            action = step.final_action or ""
+            mapped += (normalize_action(action) not in map(normalize_action, admissible)
+                       and closest_admissible(action, admissible) is not None)
+    steps = len(latencies)
+    return {"steps": steps, "median_step_s": statistics.median(latencies) if steps else 0.0,
+            "repeat_share": repeats / steps if steps else 0.0, "deferred_steps": deferred,
+            "mapped_share": mapped / student_steps if student_steps else 0.0}
 
 
 def main() -> None:
@@ -73,6 +107,8 @@ def main() -> None:
         summaries = run_summaries(TrajectoryLog(log), run_ids=runs)
         out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                    "runs": [s.model_dump() for s in summaries],
+                                   "diagnostics": {r: step_diagnostics(TrajectoryLog(log), r)
+                                                   for r in runs},
                                    "timings": timings}, indent=2))
     console.print(summary_table(summaries, title="ALFWorld (valid_seen subset)",
                                 width=console.width))

@@ -318,3 +318,25 @@ def test_openai_compatible_server_as_student(llama_cpp_server, log_url, tmp_path
                                  for c in student_calls)
     assert all(c.prompt_tokens > 0 and c.cost_usd > 0 for c in student_calls)
     assert all(len(s.samples) == 3 for s in log.steps(episode.id))
+
+
+def test_bench_diagnostics_count_loops_and_mapped_actions(scripted, log_url):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "alfworld.py"
+    spec = importlib.util.spec_from_file_location("alfworld_benchmark", script)
+    assert spec and spec.loader
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+
+    # "lok" is not admissible as written; the agent maps it to "look", which changes nothing
+    # after the first time: steps 2 and 3 repeat step 1.
+    scripted.scripts["scripted/looper"] = lambda messages, n: ["Action: lok"] * n
+    run_id, _ = run_bench(BenchConfig(mode="student", student="scripted/looper", episodes=1,
+                                      max_steps=3, log=log_url))
+    diagnostics = benchmark.step_diagnostics(agentkd.TrajectoryLog(log_url), run_id)
+    assert diagnostics["steps"] == 3
+    assert diagnostics["repeat_share"] == pytest.approx(1 / 3)
+    assert diagnostics["mapped_share"] == 1.0
+    assert diagnostics["deferred_steps"] == 0
