@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -76,16 +77,21 @@ def list_games(split: str, data: str | os.PathLike[str] | None = None) -> list[P
 
 
 class AlfWorldEnv:
-    """One ALFWorld game. `task_id` is the game's folder relative to the split."""
+    """One ALFWorld game. `task_id` is the game's folder relative to the split.
 
-    def __init__(self, game_file: str | os.PathLike[str], *, max_expert_steps: int = 200) -> None:
+    The expert's plan is reproducible: the same game and `seed` give the same expert
+    trajectory in any process, whatever else runs beside it.
+    """
+
+    def __init__(self, game_file: str | os.PathLike[str], *, seed: int = 0) -> None:
         self.game_file = Path(game_file)
+        self.seed = seed
+        self._expert_random = random.Random()
         if not self.game_file.is_file():
             raise InputError(f"ALFWorld game file not found: {self.game_file}")
         traj = json.loads((self.game_file.parent / "traj_data.json").read_text())
         self.task_type: str | None = traj.get("task_type")
         self.task_id = f"{self.game_file.parent.parent.name}/{self.game_file.parent.name}"
-        self._max_expert_steps = max_expert_steps
         self._env: Any = None
         self._state: Any = None
         self._goal = ""
@@ -131,6 +137,8 @@ class AlfWorldEnv:
     def reset(self) -> tuple[str, dict[str, Any]]:
         if self._env is None:
             self._env = self._start()
+        self._expert_random.seed(f"{self.task_id}:{self.seed}")
+        self._expert_draws_from_this_game()
         self._state = self._env.reset()
         text = str(self._state["feedback"]).strip()
         self._goal = text.split("Your task is to:")[-1].strip() if "Your task is to:" in text \
@@ -141,6 +149,7 @@ class AlfWorldEnv:
     def step(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
         if self._state is None:
             raise InputError("call reset() before step()")
+        self._expert_draws_from_this_game()
         try:
             self._state, reward, done = self._env.step(action)
         except Exception as exc:  # the expert can time out on states it cannot plan from
@@ -150,6 +159,15 @@ class AlfWorldEnv:
             return "Nothing happens.", 0.0, False, self._info()
         self._publish()
         return str(self._state["feedback"]).strip(), float(reward), bool(done), self._info()
+
+    def _expert_draws_from_this_game(self) -> None:
+        # The handcoded expert breaks ties with module-level `random.choice`, so its plan
+        # depended on whatever else had drawn from the global generator: the same game was won
+        # in 12 steps in one process and lost at the step cap in another. It plans inside
+        # reset() and step(), so this game's own seeded generator is swapped in before each.
+        from alfworld.agents.expert import handcoded_expert
+
+        handcoded_expert.random = self._expert_random  # type: ignore[assignment]
 
     def _info(self) -> dict[str, Any]:
         return {"won": self.won, "admissible_actions": self.admissible_actions,

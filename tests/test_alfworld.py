@@ -39,6 +39,41 @@ def test_games_are_real_and_each_env_is_its_own_game():
         a.close(), b.close()
 
 
+def expert_trajectory(game, seed=0, max_steps=30):
+    env = AlfWorldEnv(game, seed=seed)
+    actions = []
+    try:
+        env.reset()
+        while not env.won and len(actions) < max_steps:
+            actions.append(env.expert_action)
+            env.step(actions[-1])
+        return actions, env.won
+    finally:
+        env.close()
+
+
+def test_expert_trajectory_depends_only_on_game_and_seed():
+    import random
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    # This game's expert picks randomly among objects; unseeded, it was won in 12 steps in one
+    # process and lost at the 30-step cap in another.
+    game = list_games("train")[1]
+    random.seed(1)
+    first = expert_trajectory(game)
+    assert first[1], "the seeded expert wins this game"
+    random.seed(2)
+    other = AlfWorldEnv(list_games("train")[0])  # another game interleaved with this one
+    try:
+        other.reset()
+        assert expert_trajectory(game) == first
+    finally:
+        other.close()
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        assert pool.submit(expert_trajectory, game).result() == first
+
+
 def test_system_prompt_names_the_verbs_the_expert_uses():
     from agentkd.envs.react import SYSTEM_PROMPT
 
