@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 # Keep benchmarks/ off the import path: benchmarks/alfworld.py would shadow the alfworld package.
@@ -25,20 +24,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from agentkd.envs.bench import BenchConfig, run_bench
+from agentkd.envs.bench import BenchConfig
+from agentkd.envs.cli import run_with_progress
 from agentkd.export import ExportFilters, export_dataset, load_card
 from agentkd.train import TrainConfig, TrainReport, count_targets, evaluate_model, train
 
 
-def collect(log: str, split: str, games: int, run_id: str, workers: int,
-            console: Console) -> None:
-    start = time.perf_counter()
-    _, outcomes = run_bench(BenchConfig(mode="teacher", split=split, episodes=games,
-                                        stratify=True, workers=workers, log=log, run=run_id,
-                                        resume=True, max_steps=50))
-    won = sum(o.success for o in outcomes)
-    console.print(f"{run_id}: {len(outcomes)} games played now, {won} won "
-                  f"({time.perf_counter() - start:.0f} s)")
+def collect(log: str, split: str, games: int, run_id: str, workers: int) -> None:
+    run_with_progress(BenchConfig(mode="teacher", split=split, episodes=games, stratify=True,
+                                  workers=workers, log=log, run=run_id, resume=True,
+                                  max_steps=50), f"teacher on {split}")
 
 
 def export(log: str, run_id: str, out: Path, granularity: str) -> dict[str, object]:
@@ -79,8 +74,8 @@ def main() -> None:
     console = Console()
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = f"sqlite:///{(args.workdir / 'log.db').resolve()}"
-    collect(log, "train", args.train_games, "sft-train", args.workers, console)
-    collect(log, "valid_seen", args.eval_games, "sft-heldout", args.workers, console)
+    collect(log, "train", args.train_games, "sft-train", args.workers)
+    collect(log, "valid_seen", args.eval_games, "sft-heldout", args.workers)
     data = args.workdir / f"train-{args.granularity}.jsonl"
     heldout = args.workdir / "heldout.jsonl"
     datasets = {"train": export(log, "sft-train", data, args.granularity),

@@ -20,7 +20,9 @@ console = Console()
 DEFAULT_STUDENT = "local/qwen2.5-coder-1.5b"
 
 
-def _run_with_progress(config: BenchConfig, title: str) -> str:
+def run_with_progress(config: BenchConfig, title: str) -> str:
+    """Play `config` under a progress bar (won, cost, teacher-call rate); returns the run id.
+    Ctrl-C stops it and says how to resume."""
     run_id = config.run_id()
     config.run = run_id
     games, skipped = plan_games(config, run_id)
@@ -123,7 +125,7 @@ def bench_alfworld(
                          log=log, run=run, resume=resume, max_steps=max_steps,
                          cascade=cascade_config, retrieval={"k": k}, prices=prices)
     try:
-        run_id = _run_with_progress(config, f"{mode} on {split}")
+        run_id = run_with_progress(config, f"{mode} on {split}")
         _print_report(log, [run_id], as_json)
     except AgentKDError as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -152,7 +154,7 @@ def demo(
                                  demos=demos if mode in ("collect", "icd", "distill") else None,
                                  log=log, run=f"demo-{stamp}-{mode}", max_steps=steps,
                                  retrieval={"k": 3, "window_before": 1, "window_after": 1})
-            runs.append(_run_with_progress(config, f"{mode:8s} {split}"))
+            runs.append(run_with_progress(config, f"{mode:8s} {split}"))
     except AgentKDError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
