@@ -106,7 +106,12 @@ def share_cores(workers: int) -> None:
 
 def _init_worker(config: BenchConfig, run_id: str) -> None:
     share_cores(config.workers)
-    _worker["kd"] = _distiller(config, run_id)
+    try:
+        _worker["kd"] = _distiller(config, run_id)
+    except AgentKDError as exc:
+        # An initializer that raises breaks the whole pool, which the parent can only report as
+        # a dead worker; kept here, the first game raises it and the parent shows the cause.
+        _worker["setup_error"] = exc
     _worker["config"] = config
 
 
@@ -115,6 +120,8 @@ def play(game_file: str) -> EpisodeOutcome:
     from agentkd.envs.alfworld import AlfWorldEnv
     from agentkd.envs.react import react_agent
 
+    if "setup_error" in _worker:
+        raise _worker["setup_error"]
     kd, config = _worker["kd"], _worker["config"]
     env = AlfWorldEnv(game_file)
     try:
