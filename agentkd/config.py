@@ -88,6 +88,9 @@ class Cascade(_Frozen):
     logprobs: Literal["auto", "on", "off"] = "auto"
     """Ask the student for token log-probabilities: "auto" where the provider is known to
     return them (OpenAI-compatible and ``local/`` models), "on" always, "off" never."""
+    defer_loops: bool = False
+    """Also defer when the accepted action was already taken on the same observation in this
+    episode: small students agree with themselves while going round in circles."""
 
     @property
     def acceptance(self) -> AcceptanceRule:

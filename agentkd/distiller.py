@@ -402,7 +402,9 @@ class Distiller:
                 verdict = "student_error"
             elif self.mode == "distill":
                 agreement = decision.agreement
-                verdict = "student" if decision.accept else "deferred"
+                looping = (self.cascade.defer_loops and decision.majority_action is not None
+                           and (key.observation, decision.majority_action) in scope.acted)
+                verdict = "student" if decision.accept and not looping else "deferred"
             else:
                 verdict = "student_only"
             if verdict in ("student", "student_only"):
@@ -448,12 +450,15 @@ class Distiller:
             actor=actor, final_action=extract_action(final, self.extractor),
             final_text=final.get("content") if isinstance(final.get("content"), str) else None,
             latency_ms=(time.perf_counter() - start) * 1000,
-            signals=({**decision.signals.as_dict(), "demo_action": _demo_action(windows)}
+            signals=({**decision.signals.as_dict(), "demo_action": _demo_action(windows),
+                      "repeat": (key.observation, decision.majority_action) in scope.acted}
                      if decision is not None and decision.signals is not None else None),
             shadow=shadow if decision is not None else None,
             teacher_action=teacher_action, student_correct=student_correct,
         )
         self.log.record_step(scope.episode_id, self.run_id, step, calls)
+        if step.final_action is not None:
+            scope.acted.add((key.observation, step.final_action))
         step_cost = sum(c.cost_usd for c in calls)
         scope.steps += 1
         scope.cost_usd += step_cost

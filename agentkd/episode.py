@@ -48,6 +48,8 @@ class EpisodeScope:
     reward: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
     finished: bool = False
+    acted: set[tuple[str, str]] = field(default_factory=set)
+    """(observation, action) pairs already acted on in this episode: a repeat is a loop."""
     _seen_count: int = 0
     _seen_hash: str = field(default="")
     _token: contextvars.Token[EpisodeScope | None] | None = None

@@ -77,6 +77,9 @@ class ActionEval(BaseModel):
     accuracy: float
     no_action: int = Field(description="answers with no extractable action")
     seconds_per_action: float
+    by_verb: dict[str, tuple[int, int]] = Field(
+        default_factory=dict, description="(matched, targets) by the first word of the "
+        "teacher's action: where the misses are (e.g. which receptacle to search next)")
 
 
 class TrainReport(BaseModel):
@@ -235,19 +238,25 @@ def next_action_accuracy(conversations: list[list[Turn]], generate: Generate,
     if limit is not None:
         targets = targets[:limit]
     matched = no_action = 0
+    by_verb: dict[str, list[int]] = {}
     start = time.perf_counter()
     for context, answer in targets:
         text = generate(_chat(context))
         predicted = extract_action({"content": text})
         expected = extract_action(answer.model_dump(exclude_none=True))
+        hit = predicted is not None and predicted == expected
         no_action += predicted is None
-        matched += predicted is not None and predicted == expected
+        matched += hit
+        verb = by_verb.setdefault((expected or "").split(" ", 1)[0], [0, 0])
+        verb[0] += hit
+        verb[1] += 1
         if on_target:
             on_target()
     n = len(targets)
     return ActionEval(targets=n, matched=matched, accuracy=matched / n if n else 0.0,
                       no_action=no_action,
-                      seconds_per_action=(time.perf_counter() - start) / n if n else 0.0)
+                      seconds_per_action=(time.perf_counter() - start) / n if n else 0.0,
+                      by_verb={v: (hit, total) for v, (hit, total) in sorted(by_verb.items())})
 
 
 def greedy_generator(model: Any, tokenizer: Tokenizer,

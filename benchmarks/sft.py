@@ -3,8 +3,9 @@
 Collects the teacher's trajectories on stratified train games and on held-out valid_seen
 games (one log), exports both, fine-tunes the base with LoRA on the train export and scores
 base and tuned models on the held-out steps (next-action exact match against the teacher,
-greedy). The tuned model is then scored again as agentkd serves it (the merged GGUF through
-the local llama.cpp backend), which also measures its latency. Resumable: rerun with the
+greedy). Both are then scored again as agentkd serves them (the base GGUF and the tuned
+merged GGUF through the local llama.cpp backend), which also measures their latency, with
+the matches broken down by the teacher's verb. Resumable: rerun with the
 same --workdir and finished stages are reused (training resumes from its last checkpoint).
 
     python benchmarks/sft.py --train-games 200 --eval-games 12 --epochs 1
@@ -46,12 +47,12 @@ def export(log: str, run_id: str, out: Path, granularity: str) -> dict[str, obje
             "records": card.splits["train"].records, "tokens": card.tokens.total}
 
 
-def served_eval(data: Path, gguf: str, limit: int) -> dict[str, float | int]:
+def served_eval(data: Path, model: str, limit: int) -> dict[str, object]:
+    """Next-action match of `model` as agentkd serves it (litellm → llama.cpp)."""
     total = count_targets(data, limit)
-    with Progress(TextColumn("tuned student via local/ (llama.cpp)"), BarColumn(),
-                  MofNCompleteColumn()) as progress:
+    with Progress(TextColumn(model), BarColumn(), MofNCompleteColumn()) as progress:
         task = progress.add_task("evaluate", total=total)
-        result = evaluate_model(data, f"local/{gguf}", limit=limit,
+        result = evaluate_model(data, model, limit=limit,
                                 on_target=lambda: progress.advance(task))
     return result.model_dump()
 
@@ -91,7 +92,10 @@ def main() -> None:
                                    epochs=args.epochs, lr=args.lr, max_length=args.max_length,
                                    eval_limit=args.eval_limit),
                        log=console.print, evaluate_base=True)
-    served = served_eval(heldout, report.gguf, args.eval_limit) if report.gguf else None
+    served = {"base": served_eval(heldout, args.base, args.eval_limit)} \
+        if args.base.startswith("local/") else {}
+    if report.gguf:
+        served["tuned"] = served_eval(heldout, f"local/{report.gguf}", args.eval_limit)
 
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "datasets": datasets,
               "train_seconds": report.train_seconds, "optimizer_steps": report.steps,
@@ -99,19 +103,22 @@ def main() -> None:
               "eval_loss_after": report.eval_loss_after,
               "base": report.base_eval.model_dump() if report.base_eval else None,
               "tuned": report.tuned_eval.model_dump() if report.tuned_eval else None,
-              "tuned_served": served}
+              "served": served}
     path = Path(__file__).parent / "results" / "sft.json"
     path.write_text(json.dumps(result, indent=2))
     table = Table(title=f"next-action match, held-out valid_seen steps ({args.base})")
-    for column in ("model", "matched", "match", "no action", "s/action"):
+    for column in ("model", "matched", "match", "no action", "s/action", "by teacher verb"):
         table.add_column(column)
     for name, scores in (("base (transformers)", result["base"]),
                          ("tuned (transformers)", result["tuned"]),
-                         ("tuned, served (llama.cpp GGUF)", served)):
+                         ("base, served (llama.cpp)", served.get("base")),
+                         ("tuned, served (llama.cpp)", served.get("tuned"))):
         if isinstance(scores, dict):
+            verbs = " ".join(f"{verb} {hit}/{total}"
+                             for verb, (hit, total) in scores.get("by_verb", {}).items())
             table.add_row(name, f"{scores['matched']}/{scores['targets']}",
                           f"{scores['accuracy']:.1%}", str(scores["no_action"]),
-                          f"{scores['seconds_per_action']:.2f}")
+                          f"{scores['seconds_per_action']:.2f}", verbs)
     console.print(table)
     console.print(f"wrote {path}")
 

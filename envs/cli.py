@@ -102,6 +102,9 @@ def bench_alfworld(
     shadow: float = typer.Option(None, help="Share of steps on which the teacher is also "
                                             "asked and its action logged as a label for "
                                             "`agentkd calibrate` (1.0: every step)."),
+    defer_loops: bool = typer.Option(False, help="Also defer when the student repeats an "
+                                                 "action on an observation it already acted "
+                                                 "on in this episode (distill)."),
     k: int = typer.Option(6, help="Demo windows per step."),
     price: list[str] = typer.Option([], help="MODEL=IN,OUT: USD per million input / output "
                                              "tokens for a model litellm does not price "
@@ -115,6 +118,8 @@ def bench_alfworld(
                           else {"samples": samples})
         if shadow is not None:
             cascade_config["shadow"] = shadow
+        if defer_loops:
+            cascade_config["defer_loops"] = True
         validated(Cascade, cascade_config, "cascade")
     except AgentKDError as exc:
         console.print(f"[red]error:[/red] {exc}")

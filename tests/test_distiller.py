@@ -190,6 +190,27 @@ def test_student_without_parsable_action_defers(scripted, log_url):
     assert step.verdict == "deferred" and step.agreement == 0.0
 
 
+@pytest.mark.parametrize("defer_loops", [False, True])
+def test_defer_loops_sends_the_teacher_in_when_the_student_goes_round_in_circles(
+        scripted, log_url, defer_loops):
+    # A unanimous student that answers 'go to desk 1' whatever it sees, in a room where that
+    # leads back to the same observation.
+    scripted.scripts[STUDENT] = lambda messages, n: ["Action: go to desk 1"] * n
+    scripted.scripts[TEACHER] = lambda messages, n: ["Action: open drawer 1"] * n
+    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                           demos=_empty_store(log_url), cascade={"defer_loops": defer_loops})
+    messages = [{"role": "user", "content": "Your task is to: find a mug"}]
+    with kd.episode_scope(task_id="loop") as ep:
+        for observation in ["On the desk 1, you see nothing.", "On the desk 1, you see nothing.",
+                            "The drawer 1 is open.", "On the desk 1, you see nothing."]:
+            messages = [*messages, {"role": "user", "content": observation}]
+            kd.completion(messages=messages)
+    steps = kd.log.steps(ep.episode_id)
+    assert [s.signals["repeat"] for s in steps] == [False, True, False, True]
+    expected = ["student", "deferred", "student", "deferred"] if defer_loops else ["student"] * 4
+    assert [s.verdict for s in steps] == expected
+
+
 def test_concurrent_episodes_on_threads_and_asyncio_never_mix(scripted, log_url):
     # Each episode's student echoes its own goal, so cross-talk would show in the log.
     def echo(messages, n):

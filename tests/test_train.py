@@ -98,6 +98,7 @@ def test_next_action_accuracy_uses_the_gate_s_extraction_and_normalisation():
     # Weight-0 turns are not scored; the second reply's last line is its action.
     assert (result.targets, result.matched, result.no_action) == (3, 1, 0)
     assert result.accuracy == pytest.approx(1 / 3)
+    assert result.by_verb == {"go": (1, 1), "look": (0, 1), "open": (0, 1)}
 
 
 def test_gguf_layout_inverts_the_transformers_loader():
