@@ -228,7 +228,10 @@ def _within_bounds(cascade: Cascade, retrieval: Retrieval, budget: Budget) -> No
 
 
 def _no_bool_taken(given_: dict, built: object) -> None:
+    fields = type(built).model_fields if built is not None else {}
     for key, value in given_.items():
+        if key in fields and fields[key].annotation is bool:
+            continue  # a switch, not a number
         assert not isinstance(value, bool), f"{key}={value} accepted as a number"
         if isinstance(value, dict):
             _no_bool_taken(value, None)
