@@ -378,6 +378,7 @@ class Distiller:
         samples: list[dict[str, Any]] = []
         agreement: float | None = None
         decision: Decision | None = None
+        repeat = False  # the student's agreed action was already taken on this observation
         response: litellm.ModelResponse | None = None
         if self.mode in ("teacher", "collect"):
             verdict = "teacher_only"
@@ -398,12 +399,12 @@ class Distiller:
                     self.cascade.sampling], **self._student_call_kwargs(kwargs))
             calls += [r.record for r in sampled.results]
             decision, samples = self._judge(sampled, n, _demo_action(windows))
+            repeat = (key.observation, decision.majority_action) in scope.acted
             if not sampled.messages:
                 verdict = "student_error"
             elif self.mode == "distill":
                 agreement = decision.agreement
-                looping = (self.cascade.defer_loops and decision.majority_action is not None
-                           and (key.observation, decision.majority_action) in scope.acted)
+                looping = self.cascade.defer_loops and repeat
                 verdict = "student" if decision.accept and not looping else "deferred"
             else:
                 verdict = "student_only"
@@ -451,7 +452,7 @@ class Distiller:
             final_text=final.get("content") if isinstance(final.get("content"), str) else None,
             latency_ms=(time.perf_counter() - start) * 1000,
             signals=({**decision.signals.as_dict(), "demo_action": _demo_action(windows),
-                      "repeat": (key.observation, decision.majority_action) in scope.acted}
+                      "repeat": repeat}
                      if decision is not None and decision.signals is not None else None),
             shadow=shadow if decision is not None else None,
             teacher_action=teacher_action, student_correct=student_correct,
