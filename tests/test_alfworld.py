@@ -382,3 +382,24 @@ def test_bench_diagnostics_count_loops_and_mapped_actions(scripted, log_url):
     assert diagnostics["repeat_share"] == pytest.approx(1 / 3)
     assert diagnostics["mapped_share"] == 1.0
     assert diagnostics["deferred_steps"] == 0
+
+
+def test_bench_cli_defer_loops_defers_a_student_that_repeats_itself(scripted, tmp_path):
+    from typer.testing import CliRunner
+
+    from agentkd.cli import app
+    from agentkd.retrieval import DemoStore
+
+    DemoStore.open(tmp_path / "demos", create=True).close()
+    scripted.scripts["scripted/looker"] = lambda messages, n: ["Action: look"] * n
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    result = CliRunner().invoke(app, [
+        "bench", "alfworld", "--mode", "distill", "--student", "scripted/looker",
+        "--demos", str(tmp_path / "demos"), "--episodes", "1", "--max-steps", "3",
+        "--log", url, "--run", "loops", "--defer-loops"])
+    assert result.exit_code == 0, result.output
+    log = agentkd.TrajectoryLog(url)
+    steps = log.steps(log.episodes("loops")[0].id)
+    # The first 'look' changes the observation; the second is sent back to the same one.
+    assert [s.signals["repeat"] for s in steps] == [False, False, True]
+    assert [s.verdict for s in steps] == ["student", "student", "deferred"]
