@@ -27,6 +27,7 @@ from rich.table import Table
 
 from agentkd.envs.bench import BenchConfig
 from agentkd.envs.cli import run_with_progress
+from agentkd.errors import AgentKDError
 from agentkd.export import ExportFilters, export_dataset, load_card
 from agentkd.train import TrainConfig, TrainReport, count_targets, evaluate_model, train
 
@@ -57,22 +58,36 @@ def served_eval(data: Path, model: str, limit: int) -> dict[str, object]:
     return result.model_dump()
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, default=Path(".agentkd/bench-sft"))
     parser.add_argument("--base", default="local/smollm2-135m")
-    parser.add_argument("--train-games", type=int, default=200)
-    parser.add_argument("--eval-games", type=int, default=12)
-    parser.add_argument("--eval-limit", type=int, default=150,
+    parser.add_argument("--train-games", type=positive, default=200)
+    parser.add_argument("--eval-games", type=positive, default=12)
+    parser.add_argument("--eval-limit", type=positive, default=150,
                         help="held-out actions scored per model")
     parser.add_argument("--granularity", default="episode", choices=["episode", "step"])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=positive, default=2)
     args = parser.parse_args()
-
     console = Console()
+    try:
+        run(args, console)
+    except AgentKDError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace, console: Console) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = f"sqlite:///{(args.workdir / 'log.db').resolve()}"
     collect(log, "train", args.train_games, "sft-train", args.workers)
