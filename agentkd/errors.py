@@ -43,5 +43,11 @@ class BudgetExceeded(AgentKDError):
         return (type(self), (str(self), self.scope))
 
 
+class LocalModelError(AgentKDError):
+    """A local llama.cpp model cannot run on this machine: it crashed llama.cpp in a probe
+    child process, or its file does not load. The message names the model, the cause and
+    the fix."""
+
+
 class StoreError(AgentKDError):
     """A demo store is missing, corrupted, or was built with another embedding model."""
