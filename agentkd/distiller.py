@@ -10,7 +10,9 @@ Modes pick which parts run:
 - ``collect``  teacher only, and successful episodes become demos;
 - ``student``  one student sample, zero-shot;
 - ``icd``      one student sample with retrieved demos, no gate;
-- ``distill``  demos + N samples + the gate, deferring to the teacher on disagreement.
+- ``distill``  demos + N samples + the gate, deferring to the teacher on disagreement; from
+  no store or an empty one it starts cold (the gate over zero-shot samples), and with
+  ``grow_demos`` the teacher's steps of each successful episode join the store as it runs.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import litellm
 
@@ -44,7 +47,7 @@ from agentkd.episode import EpisodeScope, current_episode
 from agentkd.errors import BudgetExceeded, InputError, StoreError, TeacherError
 from agentkd.first_thought import seed_first_thought
 from agentkd.log import CallRecord, StepRecord, TrajectoryLog
-from agentkd.retrieval.collect import demo_episode_from_log
+from agentkd.retrieval.collect import demo_episode_from_log, demos_from_log
 from agentkd.retrieval.formatting import DemoTemplate, default_template, inject_demos
 from agentkd.retrieval.keys import KeyFunction, StepKey, default_key
 from agentkd.retrieval.store import DemoStore, DemoWindow
@@ -100,6 +103,37 @@ def _demo_action(windows: list[DemoWindow]) -> str | None:
     return canonical_action(best.steps[offset].action) if 0 <= offset < len(best.steps) else None
 
 
+@dataclass
+class _Step:
+    """What one step has gathered so far, stage by stage (see `Distiller._step`)."""
+
+    start: float
+    turns: tuple[str, list[dict[str, Any]]]  # (prompt hash, turns new since the last step)
+    key: StepKey
+    calls: list[CallRecord] = field(default_factory=list)
+    windows: list[DemoWindow] = field(default_factory=list)
+    block: str = ""
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    decision: Decision | None = None
+    agreement: float | None = None
+    repeat: bool = False
+    verdict: str = "teacher_only"
+    response: litellm.ModelResponse | None = None
+    shadow: bool | None = None
+    teacher_action: str | None = None
+    student_correct: bool | None = None
+
+    @property
+    def actor(self) -> str:
+        return "student" if self.verdict in ("student", "student_only") else "teacher"
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The message the agent receives."""
+        assert self.response is not None
+        return self.response.choices[0].message.model_dump()
+
+
 def _is_unicode(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -135,6 +169,9 @@ class Distiller:
         first_thought: in teacher/collect mode, seed the teacher's first step of each
             episode with the first paragraph of its own plain chain-of-thought on the task
             (the agent-distillation paper's first-thought prefix; `agentkd.first_thought`).
+        grow_demos: in distill mode, add each successful episode's teacher-served steps to
+            the store (``"all"``: its accepted student steps too), once per episode, so the
+            teacher is needed less as the run goes; `demos` is then created if missing.
     """
 
     def __init__(
@@ -160,6 +197,7 @@ class Distiller:
         memory: Any = None,
         memory_router: Any = "mid",
         first_thought: bool = False,
+        grow_demos: bool | Literal["teacher", "all"] = False,
     ) -> None:
         self.mode = check_mode(mode)
         if not isinstance(teacher, str) or not teacher:
@@ -186,6 +224,7 @@ class Distiller:
             raise InputError("first_thought seeds the teacher's trajectories: use it in mode "
                              f"'collect' or 'teacher', not {self.mode!r}")
         self.first_thought = first_thought
+        self.grow_actors = self._grow_actors(grow_demos, demos)
         self.log = log if isinstance(log, TrajectoryLog) else TrajectoryLog(log)
         self.demos = self._open_demos(demos)
         self.run_id = run or f"{self.mode}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -194,19 +233,39 @@ class Distiller:
             student=student if self.mode not in ("teacher", "collect") else None,
             config={"cascade": self.cascade.model_dump(), "retrieval": self.retrieval.model_dump(),
                     "budget": self.budget.model_dump(),
-                    "demos": str(self.demos.path) if self.demos is not None else None},
+                    "demos": str(self.demos.path) if self.demos is not None else None,
+                    "grow_demos": sorted(self.grow_actors) if self.grow_actors else None},
         )
         self._run_cost = self.log.run_cost(self.run_id)
+        if self.grow_actors is not None and self.demos is not None:
+            # Resuming: successful episodes whose demos a crash kept out of the store.
+            demos_from_log(self.log, self.run_id, self.demos, actors=self.grow_actors)
         intercept.install()
+
+    def _grow_actors(self, grow_demos: bool | str, demos: object) -> set[str] | None:
+        """Whose steps a successful episode adds to the store; None when it adds nothing."""
+        if grow_demos is False:
+            return None
+        if grow_demos not in (True, "teacher", "all"):
+            raise InputError(f"grow_demos must be True, 'teacher' or 'all', got {grow_demos!r}")
+        if self.mode != "distill":
+            raise InputError(f"grow_demos grows a distill run's store; mode {self.mode!r} "
+                             "does not (collect mode already turns whole episodes into demos)")
+        if demos is None:
+            raise InputError("grow_demos needs a store to grow: pass demos='path/to/store' "
+                             "(created if missing)")
+        return {"teacher", "student"} if grow_demos == "all" else {"teacher"}
 
     def _open_demos(self, demos: str | Path | DemoStore | None) -> DemoStore | None:
         if isinstance(demos, DemoStore) or demos is None:
-            if demos is None and self.mode in ("icd", "distill"):
-                raise InputError(f"mode {self.mode!r} retrieves demos: pass demos='path/to/store'"
-                                 " (build one in collect mode or with `agentkd demos build`)")
+            if demos is None and self.mode == "icd":
+                raise InputError("mode 'icd' retrieves demos: pass demos='path/to/store' (build "
+                                 "one in collect mode or with `agentkd demos build`), or use "
+                                 "mode 'student' for the zero-shot student")
             store = demos
         else:
-            store = DemoStore.open(demos, create=self.mode == "collect")
+            store = DemoStore.open(demos, create=self.mode == "collect"
+                                   or self.grow_actors is not None)
         # Load the store's embedding model now: a store whose model is missing or gives
         # vectors of another size fails here, not at the first step of an episode.
         if (store is not None and len(store) and self.mode in ("icd", "distill")
@@ -263,10 +322,11 @@ class Distiller:
         status = {True: "success", False: "failure", None: "done"}[scope.success]
         self.log.finish_episode(scope.episode_id, status=status, success=scope.success,
                                 reward=scope.reward, info=scope.info)
-        if self.mode == "collect" and scope.success and self.demos is not None:
+        growing = self.mode == "collect" or self.grow_actors is not None
+        if growing and scope.success and self.demos is not None:
             episode = self.log.episode(scope.episode_id)
-            demo = demo_episode_from_log(self.log, episode)
-            if demo is not None:
+            demo = demo_episode_from_log(self.log, episode, self.grow_actors)
+            if demo is not None and demo.source not in self.demos.sources():
                 self.demos.add(demo)
                 self.demos.flush()
 
@@ -364,111 +424,145 @@ class Distiller:
 
     def _step(self, scope: EpisodeScope, messages: list[dict[str, Any]],
               kwargs: dict[str, Any]) -> litellm.ModelResponse:
+        """One step, as DESIGN.md's stages: key, memory, demos, student samples, verdict,
+        teacher, shadow label, log."""
         self._check_budget(scope)
-        start = time.perf_counter()
-        prompt_hash, new_turns = scope.new_turns(messages)
-        key = self.key_for(scope, messages)
-        calls: list[CallRecord] = []
-        windows: list[DemoWindow] = []
-        block = ""
-        if self.mode in ("icd", "distill") and self.demos is not None:
-            windows = self.demos.search(key, self.retrieval)
-            block = self.template(windows) if windows else ""
-
-        samples: list[dict[str, Any]] = []
-        agreement: float | None = None
-        decision: Decision | None = None
-        repeat = False  # the student's agreed action was already taken on this observation
-        response: litellm.ModelResponse | None = None
+        step = _Step(start=time.perf_counter(), turns=scope.new_turns(messages),
+                     key=self.key_for(scope, messages))
         if self.mode in ("teacher", "collect"):
-            verdict = "teacher_only"
+            step.verdict = "teacher_only"
         else:
-            assert self.student is not None
-            n = self.cascade.samples if self.mode == "distill" else 1
-            student_messages = messages
-            if self.memory is not None:
-                from agentkd.memory.integration import compress_history
+            student_messages = self._with_memory(step, messages)
+            self._retrieve_demos(step)
+            sampled = self._sample_student(step, student_messages, kwargs)
+            self._decide(step, scope, sampled)
+        if step.response is None:
+            self._teacher_answers(step, scope, messages, kwargs)
+        self._label_shadow(step, messages, kwargs)
+        return self._record(step, scope)
 
-                student_messages, memory_calls = compress_history(
-                    messages, f"{key.goal}\n{key.observation}", self.memory, self.memory_router)
-                calls += memory_calls
-            student_messages = inject_demos(student_messages, block, self.retrieval.placement)
-            sampled = llm.sample(
-                self.student, student_messages, n=n, temperature=self.cascade.temperature,
-                role="student", use_n={"auto": None, "n": True, "parallel": False}[
-                    self.cascade.sampling], **self._student_call_kwargs(kwargs))
-            calls += [r.record for r in sampled.results]
-            decision, samples = self._judge(sampled, n, _demo_action(windows))
-            repeat = (key.observation, decision.majority_action) in scope.acted
-            if not sampled.messages:
-                verdict = "student_error"
-            elif self.mode == "distill":
-                agreement = decision.agreement
-                looping = self.cascade.defer_loops and repeat
-                verdict = "student" if decision.accept and not looping else "deferred"
-            else:
-                verdict = "student_only"
-            if verdict in ("student", "student_only"):
-                response = self._as_response(sampled.results,
-                                             sampled.messages[decision.chosen_index or 0])
+    def _with_memory(self, step: _Step, messages: list[dict[str, Any]]
+                     ) -> list[dict[str, Any]]:
+        """The student's view of the history: routed through BudgetMem when configured."""
+        if self.memory is None:
+            return messages
+        from agentkd.memory.integration import compress_history
 
-        if response is None:
-            role = "collect" if self.mode == "collect" else "teacher"
-            teacher_messages = messages
-            if self.first_thought and scope.steps == 0:
-                teacher_messages, cot = seed_first_thought(
-                    self.teacher, messages, {**kwargs, **self.teacher_kwargs}, role=role,
-                    retries=self.teacher_retries)
-                calls.append(cot)
-            response, record = self._ask_teacher(scope, teacher_messages, kwargs, role, calls)
-            calls.append(record)
-        final = response.choices[0].message.model_dump()
-        actor = ("teacher" if verdict in ("teacher_only", "deferred", "student_error")
-                 else "student")
-        # Shadow: draw the step into the labelled sample whoever acted, so the labels are an
-        # unbiased sample of all steps; the teacher's answer is only logged, never returned.
-        shadow = decision is not None and self._shadow_draw.random() < self.cascade.shadow
-        teacher_action: str | None = None
-        student_correct: bool | None = None
-        if shadow and decision is not None:
-            if actor == "teacher":
-                teacher_action = extract_action(final, self.extractor)
-            else:
-                teacher_action, record = self._shadow_label(messages, kwargs)
-                calls.append(record)
-            if teacher_action is not None:
-                majority = decision.majority_action
-                student_correct = majority is not None and self.gate.same(majority,
-                                                                           teacher_action)
-                for sample in samples:
-                    action = sample["action"]
-                    sample["teacher_match"] = (action is not None
-                                               and self.gate.same(action, teacher_action))
-        step = StepRecord(
+        compressed, memory_calls = compress_history(
+            messages, f"{step.key.goal}\n{step.key.observation}", self.memory,
+            self.memory_router)
+        step.calls += memory_calls
+        return compressed
+
+    def _retrieve_demos(self, step: _Step) -> None:
+        """The teacher's most similar steps (none in student mode, or from an empty store:
+        a cold start samples zero-shot)."""
+        if self.mode in ("icd", "distill") and self.demos is not None and len(self.demos):
+            step.windows = self.demos.search(step.key, self.retrieval)
+            step.block = self.template(step.windows) if step.windows else ""
+
+    def _sample_student(self, step: _Step, messages: list[dict[str, Any]],
+                        kwargs: dict[str, Any]) -> llm.Sampled:
+        """N samples in distill mode (one elsewhere), demos placed per `Retrieval.placement`."""
+        assert self.student is not None
+        n = self.cascade.samples if self.mode == "distill" else 1
+        sampled = llm.sample(
+            self.student, inject_demos(messages, step.block, self.retrieval.placement), n=n,
+            temperature=self.cascade.temperature, role="student",
+            use_n={"auto": None, "n": True, "parallel": False}[self.cascade.sampling],
+            **self._student_call_kwargs(kwargs))
+        step.calls += [r.record for r in sampled.results]
+        step.decision, step.samples = self._judge(sampled, n, _demo_action(step.windows))
+        return sampled
+
+    def _decide(self, step: _Step, scope: EpisodeScope, sampled: llm.Sampled) -> None:
+        """The verdict: the student acts (its first sample carrying the majority action) or
+        the step is deferred to the teacher."""
+        decision = step.decision
+        assert decision is not None
+        # The student's agreed action was already taken on this observation: a loop.
+        step.repeat = (step.key.observation, decision.majority_action) in scope.acted
+        if not sampled.messages:
+            step.verdict = "student_error"
+        elif self.mode == "distill":
+            step.agreement = decision.agreement
+            looping = self.cascade.defer_loops and step.repeat
+            step.verdict = "student" if decision.accept and not looping else "deferred"
+        else:
+            step.verdict = "student_only"
+        if step.verdict in ("student", "student_only"):
+            step.response = self._as_response(sampled.results,
+                                              sampled.messages[decision.chosen_index or 0])
+
+    def _teacher_answers(self, step: _Step, scope: EpisodeScope,
+                         messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> None:
+        """The teacher serves the original messages (seeded with its first thought at the
+        first step when configured)."""
+        role = "collect" if self.mode == "collect" else "teacher"
+        if self.first_thought and scope.steps == 0:
+            messages, cot = seed_first_thought(
+                self.teacher, messages, {**kwargs, **self.teacher_kwargs}, role=role,
+                retries=self.teacher_retries)
+            step.calls.append(cot)
+        step.response, record = self._ask_teacher(scope, messages, kwargs, role, step.calls)
+        step.calls.append(record)
+
+    def _label_shadow(self, step: _Step, messages: list[dict[str, Any]],
+                      kwargs: dict[str, Any]) -> None:
+        """Shadow: draw the step into the labelled sample whoever acted, so the labels are an
+        unbiased sample of all steps; the teacher's answer is only logged, never returned."""
+        decision = step.decision
+        if decision is None:
+            return
+        step.shadow = self._shadow_draw.random() < self.cascade.shadow
+        if not step.shadow:
+            return
+        if step.actor == "teacher":
+            step.teacher_action = extract_action(step.final, self.extractor)
+        else:
+            step.teacher_action, record = self._shadow_label(messages, kwargs)
+            step.calls.append(record)
+        if step.teacher_action is None:
+            return
+        majority = decision.majority_action
+        step.student_correct = majority is not None and self.gate.same(majority,
+                                                                       step.teacher_action)
+        for sample in step.samples:
+            action = sample["action"]
+            sample["teacher_match"] = (action is not None
+                                       and self.gate.same(action, step.teacher_action))
+
+    def _record(self, step: _Step, scope: EpisodeScope) -> litellm.ModelResponse:
+        """Write the step with its calls, update the episode's counters, tag the response."""
+        prompt_hash, new_turns = step.turns
+        final, decision = step.final, step.decision
+        record = StepRecord(
             idx=scope.steps, prompt_hash=prompt_hash, new_messages=new_turns,
-            observation=key.observation, demo_ids=[w.hit_row for w in windows],
-            demo_block=block or None, samples=samples, agreement=agreement, verdict=verdict,
-            actor=actor, final_action=extract_action(final, self.extractor),
+            observation=step.key.observation, demo_ids=[w.hit_row for w in step.windows],
+            demo_block=step.block or None, samples=step.samples, agreement=step.agreement,
+            verdict=step.verdict, actor=step.actor,
+            final_action=extract_action(final, self.extractor),
             final_text=final.get("content") if isinstance(final.get("content"), str) else None,
-            latency_ms=(time.perf_counter() - start) * 1000,
-            signals=({**decision.signals.as_dict(), "demo_action": _demo_action(windows),
-                      "repeat": repeat}
+            latency_ms=(time.perf_counter() - step.start) * 1000,
+            signals=({**decision.signals.as_dict(), "demo_action": _demo_action(step.windows),
+                      "repeat": step.repeat}
                      if decision is not None and decision.signals is not None else None),
-            shadow=shadow if decision is not None else None,
-            teacher_action=teacher_action, student_correct=student_correct,
+            shadow=step.shadow, teacher_action=step.teacher_action,
+            student_correct=step.student_correct,
         )
-        self.log.record_step(scope.episode_id, self.run_id, step, calls)
-        if step.final_action is not None:
-            scope.acted.add((key.observation, step.final_action))
-        step_cost = sum(c.cost_usd for c in calls)
+        self.log.record_step(scope.episode_id, self.run_id, record, step.calls)
+        if record.final_action is not None:
+            scope.acted.add((step.key.observation, record.final_action))
+        step_cost = sum(c.cost_usd for c in step.calls)
         scope.steps += 1
         scope.cost_usd += step_cost
         self._run_cost += step_cost
-        response._hidden_params.setdefault("agentkd", {}).update(
-            {"actor": step.actor, "verdict": verdict, "agreement": agreement,
-             "run_id": self.run_id, "episode_id": scope.episode_id, "step": step.idx,
-             "signals": step.signals})
-        return response
+        assert step.response is not None
+        step.response._hidden_params.setdefault("agentkd", {}).update(
+            {"actor": record.actor, "verdict": step.verdict, "agreement": step.agreement,
+             "run_id": self.run_id, "episode_id": scope.episode_id, "step": record.idx,
+             "signals": record.signals})
+        return step.response
 
     def _student_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         call_kwargs = {**kwargs, **self.student_kwargs}

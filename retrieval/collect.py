@@ -8,6 +8,7 @@ and its reasoning is the rest of the teacher's answer (the ReAct "Thought").
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 from sqlalchemy import select
 
@@ -26,13 +27,18 @@ def split_reasoning(text: str | None) -> str:
     return _THOUGHT_PREFIX.sub("", PROMPT_LINE.sub("", ACTION_LINE.sub("", text))).strip()
 
 
-def demo_episode_from_log(log: TrajectoryLog, episode: Episode) -> DemoEpisode | None:
-    """The demo form of a logged episode, or None when it has no usable step."""
+def demo_episode_from_log(log: TrajectoryLog, episode: Episode,
+                          actors: Collection[str] | None = None) -> DemoEpisode | None:
+    """The demo form of a logged episode, or None when it has no usable step.
+
+    `actors` keeps only the steps those actors served (e.g. ``{"teacher"}`` for the
+    teacher's rescues in a distill episode); None keeps every step.
+    """
     steps: list[Step] = log.steps(episode.id)
     demo_steps = [
         DemoStep(observation=s.observation or "", action=s.final_action or "",
                  reasoning=split_reasoning(s.final_text))
-        for s in steps if s.final_action
+        for s in steps if s.final_action and (actors is None or s.actor in actors)
     ]
     goal = episode.goal
     if not goal:
@@ -47,8 +53,10 @@ def demo_episode_from_log(log: TrajectoryLog, episode: Episode) -> DemoEpisode |
 
 
 def demos_from_log(log: TrajectoryLog, run_id: str, store: DemoStore, *,
-                   include_failed: bool = False, batch: int = 64) -> int:
-    """Add the episodes of `run_id` to `store`; returns how many were added.
+                   include_failed: bool = False, actors: Collection[str] | None = None,
+                   batch: int = 64) -> int:
+    """Add the episodes of `run_id` to `store` (their steps by `actors`, all when None);
+    returns how many were added.
 
     Episodes already in the store (same source) are skipped, so rebuilding is idempotent.
     """
@@ -60,7 +68,8 @@ def demos_from_log(log: TrajectoryLog, run_id: str, store: DemoStore, *,
     known = store.sources()
     added = 0
     for lo in range(0, len(episodes), batch):  # embedded and committed `batch` at a time
-        demos = [d for d in (demo_episode_from_log(log, e) for e in episodes[lo:lo + batch])
+        demos = [d for d in (demo_episode_from_log(log, e, actors)
+                              for e in episodes[lo:lo + batch])
                  if d is not None and d.source not in known]
         store.add_many(demos)
         added += len(demos)

@@ -272,3 +272,105 @@ def test_scope_goal_refines_the_default_key_but_a_custom_key_wins(log_url):
                                key=lambda msgs: StepKey(goal="mine", observation="obs"))
     with custom.episode_scope(task_id="k2", goal="heat an egg") as scope:
         assert custom.key_for(scope, messages) == StepKey(goal="mine", observation="obs")
+
+
+def _two_step_task(kd: agentkd.Distiller, task_id: str, success: bool) -> None:
+    messages = [{"role": "user", "content": f"Your task is to: solve {task_id}"}]
+    with kd.episode_scope(task_id=task_id, goal=f"solve {task_id}") as ep:
+        for observation in ("You see a desk 1.", "On the desk 1, you see a mug 1."):
+            messages = [*messages, {"role": "user", "content": observation}]
+            kd.completion(messages=messages)
+        ep.finish(success=success)
+
+
+def _split_then_unanimous(messages, n):
+    """Disagrees on the first observation (the teacher acts), agrees on the second."""
+    if messages[-1]["content"] == "You see a desk 1.":
+        return ["Action: go to desk 1", "Action: look", "Action: go to desk 1"][:n]
+    return ["Action: take mug 1 from desk 1"] * n
+
+
+def test_distill_without_a_store_starts_cold_logs_and_defers(scripted, log_url):
+    scripted.scripts[STUDENT] = _split_then_unanimous
+    scripted.scripts[TEACHER] = lambda messages, n: ["Action: go to desk 1"] * n
+    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url)
+    assert kd.demos is None
+    _two_step_task(kd, "cold", success=True)
+    (episode,) = kd.log.episodes(kd.run_id)
+    steps = kd.log.steps(episode.id)
+    assert [(s.verdict, s.actor) for s in steps] == [("deferred", "teacher"),
+                                                      ("student", "student")]
+    assert all(s.demo_ids == [] and s.demo_block is None for s in steps)
+    # Zero-shot: the student saw the agent's own messages, no demo block.
+    student_prompts = [r[1] for r in scripted.received if r[0] == STUDENT]
+    assert all("expert" not in str(m) for m in student_prompts)
+    assert [c.role for c in kd.log.calls(episode.id)] == ["student", "teacher", "student"]
+
+
+def test_grow_demos_adds_the_teacher_steps_of_successful_episodes_once(scripted, log_url,
+                                                                      tmp_path):
+    from agentkd.retrieval import DemoStore
+
+    scripted.scripts[STUDENT] = _split_then_unanimous
+    scripted.scripts[TEACHER] = lambda messages, n: ["Thought: desk first.\nAction: go to "
+                                                     "desk 1"] * n
+    folder = tmp_path / "grown"  # does not exist yet: grow_demos creates it
+    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                           demos=folder, grow_demos=True, run="grow")
+    assert kd.demos is not None and len(kd.demos) == 0
+    _two_step_task(kd, "won", success=True)
+    _two_step_task(kd, "lost", success=False)
+    assert len(kd.demos) == 1  # the failed episode added nothing
+    (demo_source,) = kd.demos.sources()
+    won = next(e for e in kd.log.episodes("grow") if e.task_id == "won")
+    assert demo_source == f"grow#{won.id}"
+    # Only the teacher's step of the won episode: its observation, action and reasoning.
+    _, _, demo_step = kd.demos.step(0)
+    assert (demo_step.observation, demo_step.action, demo_step.reasoning) == (
+        "You see a desk 1.", "go to desk 1", "desk first.")
+    kd.close()
+
+    # The next episode retrieves what the store grew.
+    _two_step_task(kd, "third", success=True)
+    third = next(e for e in kd.log.episodes("grow") if e.task_id == "third")
+    assert kd.log.steps(third.id)[0].demo_ids == [0]
+
+    # A process killed between finishing an episode and adding its demo...
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    kd.demos.add = killed  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        _two_step_task(kd, "fourth", success=True)
+    kd.demos.close()
+    with DemoStore.open(folder) as store:
+        assert len(store.sources()) == 2
+    # ...is caught up when the run resumes, and nothing is added twice.
+    for _ in range(2):
+        resumed = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill",
+                                    log=log_url, demos=folder, grow_demos=True, run="grow")
+        assert resumed.demos is not None and len(resumed.demos.sources()) == 3
+        resumed.demos.close()
+
+
+def test_grow_demos_all_keeps_the_accepted_student_steps_too(scripted, log_url, tmp_path):
+    scripted.scripts[STUDENT] = _split_then_unanimous
+    scripted.scripts[TEACHER] = lambda messages, n: ["Action: go to desk 1"] * n
+    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                           demos=tmp_path / "all", grow_demos="all")
+    _two_step_task(kd, "won", success=True)
+    assert kd.demos is not None
+    assert [kd.demos.step(row)[2].action for row in range(2)] == [
+        "go to desk 1", "take mug 1 from desk 1"]
+
+
+def test_grow_demos_is_refused_where_it_cannot_grow(log_url, tmp_path):
+    with pytest.raises(agentkd.InputError, match="needs a store to grow"):
+        agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                          grow_demos=True)
+    with pytest.raises(agentkd.InputError, match="collect mode already"):
+        agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="icd", log=log_url,
+                          demos=tmp_path / "d", grow_demos=True)
+    with pytest.raises(agentkd.InputError, match="True, 'teacher' or 'all'"):
+        agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                          demos=tmp_path / "d", grow_demos="some")
