@@ -2,8 +2,11 @@
 
 One `AlfWorldEnv` is one game: it loads the game file directly with `textworld.start`
 (no shared gym env id, so parallel tasks can never see each other's state) with alfworld's
-own wrappers, including its handcoded expert, whose next action is published to the
-`alfworld/expert` teacher provider through `current_expert_action`.
+own wrappers, including its handcoded expert, whose next action is published through
+`current_expert_action`. The game itself is published through `current_game`, so the
+`alfworld/*` teacher providers (`agentkd.envs.expert`) can ask it for any teacher's next
+action (`teacher_action`): the handcoded expert's, the rescuing expert's (`envs/rescue.py`,
+re-read from this game's transcript) or the PDDL planner's (a full-state oracle).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from agentkd.envs.rescue import RescueExpert, Task
 from agentkd.errors import ConfigError, InputError
 
 SPLITS = {
@@ -30,6 +34,12 @@ _SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alfwor
 current_expert_action: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "agentkd_alfworld_expert_action", default=None
 )
+# The game running in this thread / task, for the teachers that ask it (`teacher_action`).
+current_game: contextvars.ContextVar[AlfWorldEnv | None] = contextvars.ContextVar(
+    "agentkd_alfworld_game", default=None
+)
+TEACHERS = ("expert", "rescue", "planner")
+"""Who can act next in a game: the handcoded expert, the rescuing expert, the PDDL planner."""
 # The admissible commands of that game's current state (for the cascade's equivalence hook).
 current_admissible: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "agentkd_alfworld_admissible", default=None
@@ -46,12 +56,14 @@ def same_admissible_command(a: str, b: str) -> bool:
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The ALFWorld data folder: `explicit`, else ../shared/data/alfworld, else $ALFWORLD_DATA."""
-    candidates = [Path(explicit)] if explicit else []
-    if not explicit:
+    """The ALFWorld data folder: `explicit` (--data), else $ALFWORLD_DATA (alfworld's own
+    convention), else the bundled ../shared/data/alfworld."""
+    if explicit:
+        candidates = [Path(explicit)]
+    else:
+        env = os.environ.get("ALFWORLD_DATA")
+        candidates = [Path(env)] if env else []
         candidates.append(_SHARED_DATA)
-        if os.environ.get("ALFWORLD_DATA"):
-            candidates.append(Path(os.environ["ALFWORLD_DATA"]))
     for folder in candidates:
         if (folder / "json_2.1.1").is_dir() and (folder / "logic" / "alfred.pddl").is_file():
             return folder.resolve()
@@ -79,7 +91,7 @@ def list_games(split: str, data: str | os.PathLike[str] | None = None) -> list[P
 class AlfWorldEnv:
     """One ALFWorld game. `task_id` is the game's folder relative to the split.
 
-    The expert's plan is reproducible: the same game and `seed` give the same expert
+    The experts are reproducible: the same game and `seed` give the same expert
     trajectory in any process, whatever else runs beside it.
     """
 
@@ -92,9 +104,14 @@ class AlfWorldEnv:
         traj = json.loads((self.game_file.parent / "traj_data.json").read_text())
         self.task_type: str | None = traj.get("task_type")
         self.task_id = f"{self.game_file.parent.parent.name}/{self.game_file.parent.name}"
+        self._task = Task.from_traj(traj)
         self._env: Any = None
         self._state: Any = None
         self._goal = ""
+        self._rescue: RescueExpert | None = None
+        self.history: list[tuple[str, str]] = []
+        """(command, feedback) of every step since reset(), whoever chose the command."""
+        self._plan: tuple[int, list[str]] | None = None
 
     def _start(self) -> Any:
         import textworld
@@ -130,9 +147,34 @@ class AlfWorldEnv:
     def won(self) -> bool:
         return bool(self._state is not None and self._state["won"])
 
+    def teacher_action(self, teacher: str) -> str | None:
+        """`teacher`'s next action in the current state (one of TEACHERS); None before
+        reset()."""
+        if teacher not in TEACHERS:
+            raise InputError(f"unknown ALFWorld teacher {teacher!r}; choose one of "
+                             f"{', '.join(TEACHERS)}")
+        if self._state is None:
+            return None
+        if teacher == "expert":
+            return self.expert_action
+        if teacher == "rescue":
+            assert self._rescue is not None  # set by reset()
+            return self._rescue.act(self.history, self.admissible_actions or [])
+        plan = self._planner_plan()
+        return plan[0] if plan else "look"  # no plan from here (won, or a dead end)
+
+    def _planner_plan(self) -> list[str]:
+        # Planned on demand (0.04-0.4 s a state with fast-downward) and once per state, instead
+        # of textworld's `policy_commands`, which would plan after every step of every run.
+        if self._plan is None or self._plan[0] != len(self.history):
+            pddl = self._env.unwrapped
+            self._plan = (len(self.history), pddl._pddl_state.replan(pddl._entity_infos))
+        return self._plan[1]
+
     def _publish(self) -> None:
         current_expert_action.set(self.expert_action)
         current_admissible.set(self.admissible_actions)
+        current_game.set(self)
 
     def reset(self) -> tuple[str, dict[str, Any]]:
         if self._env is None:
@@ -143,6 +185,8 @@ class AlfWorldEnv:
         text = str(self._state["feedback"]).strip()
         self._goal = text.split("Your task is to:")[-1].strip() if "Your task is to:" in text \
             else ""
+        self.history = []
+        self._rescue = RescueExpert(self._task, text, seed_key=f"{self.task_id}:{self.seed}")
         self._publish()
         return text.replace("-= Welcome to TextWorld, ALFRED! =-", "").strip(), self._info()
 
@@ -156,9 +200,12 @@ class AlfWorldEnv:
             if "Timeout" not in str(exc):
                 raise
             self._state["extra.expert_plan"] = []
+            self.history.append((action, "Nothing happens."))
             return "Nothing happens.", 0.0, False, self._info()
+        feedback = str(self._state["feedback"]).strip()
+        self.history.append((action, feedback))
         self._publish()
-        return str(self._state["feedback"]).strip(), float(reward), bool(done), self._info()
+        return feedback, float(reward), bool(done), self._info()
 
     def _expert_draws_from_this_game(self) -> None:
         # The handcoded expert breaks ties with module-level `random.choice`, so its plan

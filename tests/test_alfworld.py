@@ -23,6 +23,27 @@ def test_data_dir_errors_say_how_to_get_the_data(tmp_path, monkeypatch):
         list_games("valid_nowhere")
 
 
+def test_alfworld_data_and_explicit_data_win_over_the_bundled_fallback(tmp_path, monkeypatch):
+    from agentkd.envs.alfworld import _SHARED_DATA
+
+    def data_folder(name):
+        folder = tmp_path / name
+        (folder / "json_2.1.1").mkdir(parents=True)
+        (folder / "logic").mkdir()
+        (folder / "logic" / "alfred.pddl").write_text("")
+        return folder
+
+    assert _SHARED_DATA.is_dir(), "the bundled fallback exists here, so the order matters"
+    mine, explicit = data_folder("mine"), data_folder("explicit")
+    monkeypatch.setenv("ALFWORLD_DATA", str(mine))
+    assert data_dir() == mine.resolve()
+    assert data_dir(explicit) == explicit.resolve()
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path / "empty"))  # no data there: fallback
+    assert data_dir() == _SHARED_DATA.resolve()
+    monkeypatch.delenv("ALFWORLD_DATA")
+    assert data_dir() == _SHARED_DATA.resolve()
+
+
 def test_games_are_real_and_each_env_is_its_own_game():
     games = list_games("valid_seen")
     assert len(games) == 140
