@@ -293,7 +293,8 @@ def _split_then_unanimous(messages, n):
 def test_distill_without_a_store_starts_cold_logs_and_defers(scripted, log_url):
     scripted.scripts[STUDENT] = _split_then_unanimous
     scripted.scripts[TEACHER] = lambda messages, n: ["Action: go to desk 1"] * n
-    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url)
+    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                           cascade={"sampling": "n"})
     assert kd.demos is None
     _two_step_task(kd, "cold", success=True)
     (episode,) = kd.log.episodes(kd.run_id)
@@ -316,7 +317,7 @@ def test_grow_demos_adds_the_teacher_steps_of_successful_episodes_once(scripted,
                                                      "desk 1"] * n
     folder = tmp_path / "grown"  # does not exist yet: grow_demos creates it
     kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
-                           demos=folder, grow_demos=True, run="grow")
+                           demos=folder, grow_demos=True, run="grow", cascade={"sampling": "n"})
     assert kd.demos is not None and len(kd.demos) == 0
     _two_step_task(kd, "won", success=True)
     _two_step_task(kd, "lost", success=False)
@@ -357,7 +358,7 @@ def test_grow_demos_all_keeps_the_accepted_student_steps_too(scripted, log_url, 
     scripted.scripts[STUDENT] = _split_then_unanimous
     scripted.scripts[TEACHER] = lambda messages, n: ["Action: go to desk 1"] * n
     kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
-                           demos=tmp_path / "all", grow_demos="all")
+                           demos=tmp_path / "all", grow_demos="all", cascade={"sampling": "n"})
     _two_step_task(kd, "won", success=True)
     assert kd.demos is not None
     assert [kd.demos.step(row)[2].action for row in range(2)] == [
