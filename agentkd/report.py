@@ -1,17 +1,27 @@
-"""Run summaries from the log: accuracy, cost, teacher-call rate, relative cost, break-even.
+"""Run summaries from the log: success with its interval, cost, teacher-call rate, and the
+saving against the teacher, claimed only where the run succeeds as often as the teacher.
 
-Aggregation happens in SQL. The teacher baseline for a run is the cost per episode of the
-`teacher`-mode runs with the same teacher model in the same log (the `collect` runs when there
-are none: they are teacher-only too, but usually on other tasks);
-the demo-collection cost is the total spend of its collect runs. Break-even episodes =
-collection cost / (teacher cost per episode − this run's cost per episode).
+Aggregation happens in SQL. Success comes with a 95% Wilson interval (`wilson_interval`).
+
+The teacher baseline of a run is matched by task: the finished episodes of the `teacher`-mode
+runs with the same teacher model on the task ids this run finished (the `collect` runs on
+those tasks when no teacher run played them: they are teacher-only too). Both sides are
+counted on the shared task ids only, so a run is never compared with the teacher on other
+games. Relative cost and break-even are given only where the run's success on those tasks is
+within or above the baseline's 95% interval; otherwise they are None and `saving_withheld`
+says why ("below teacher success", no baseline on these tasks, no saving per episode).
+
+Break-even episodes = demo-collection cost (the total spend of the teacher's collect runs) /
+(teacher cost per episode − this run's cost per episode), both on the shared tasks.
 Accepted-step accuracy is the share of the student's accepted steps whose action the teacher
 confirmed, over the steps shadow mode labelled (`Cascade.shadow`); None without labels.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel
 from rich import box
@@ -21,6 +31,31 @@ from sqlalchemy import case, func, select
 from agentkd.log import Episode, Run, Step, TrajectoryLog
 
 FINISHED = ("success", "failure", "done", "error", "budget")
+BASELINE_MODES = ("teacher", "collect")
+"""Teacher-only modes, in the order a baseline is looked for."""
+Z_95 = 1.959963984540054
+"""Standard normal quantile of a two-sided 95% interval."""
+
+BELOW_TEACHER = "below teacher success"
+NO_BASELINE = "no teacher-only episodes on these tasks"
+NO_SAVING = "no saving: costs at least the teacher's per episode"
+FREE_TEACHER = "the teacher-only episodes cost nothing (is the teacher priced?)"
+IS_BASELINE = "teacher-only run"
+
+
+def wilson_interval(wins: int, n: int, z: float = Z_95) -> tuple[float, float] | None:
+    """Wilson score interval of a success rate (None without episodes).
+
+    Unlike the normal approximation it stays inside [0, 1] and does not collapse to a point at
+    0/n or n/n, which is what small ALFWorld samples (2–24 games) give.
+    """
+    if n <= 0:
+        return None
+    p = wins / n
+    scale = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / scale
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 class RunSummary(BaseModel):
@@ -32,16 +67,119 @@ class RunSummary(BaseModel):
     student: str | None
     label: str | None
     episodes: int
+    wins: int = 0
     success_rate: float | None
+    success_low: float | None = None
+    success_high: float | None = None
+    """95% Wilson interval of `success_rate`."""
     steps_per_episode: float | None
     teacher_call_rate: float | None
     cost_per_episode: float | None
     total_cost: float
+    compared_episodes: int = 0
+    """This run's episodes on tasks the teacher baseline also played."""
+    baseline_episodes: int = 0
+    """Teacher-only episodes on those tasks."""
+    baseline_wins: int = 0
+    baseline_success_rate: float | None = None
+    baseline_success_low: float | None = None
+    baseline_success_high: float | None = None
+    baseline_cost_per_episode: float | None = None
     relative_cost: float | None
     break_even_episodes: float | None
+    saving_withheld: str | None = None
+    """Why `relative_cost` or `break_even_episodes` is None (None when both are given)."""
     labelled_accepted: int = 0
     """Accepted student steps with a shadow label."""
     accepted_accuracy: float | None = None
+
+
+class _Comparison(BaseModel):
+    """A run against its teacher baseline on their shared task ids."""
+
+    episodes: int = 0
+    wins: int = 0
+    cost: float = 0.0
+    baseline_episodes: int = 0
+    baseline_wins: int = 0
+    baseline_cost: float = 0.0
+
+
+def _comparisons(log: TrajectoryLog) -> dict[tuple[str, str], _Comparison]:
+    """(run id, baseline mode) → the run and that mode's teacher episodes on shared tasks.
+
+    Both sides are first grouped per task id, then joined on (teacher, task id), so each side
+    counts every one of its episodes on a shared task exactly once.
+    """
+    finished = Episode.status.in_(FINISHED)
+    won = func.sum(case((Episode.success.is_(True), 1), else_=0))
+    baseline = (
+        select(Run.teacher, Run.mode, Episode.task_id, func.count(Episode.id).label("n"),
+               won.label("wins"), func.sum(Episode.cost_usd).label("cost"))
+        .select_from(Episode).join(Run, Run.id == Episode.run_id)
+        .where(finished, Run.mode.in_(BASELINE_MODES))
+        .group_by(Run.teacher, Run.mode, Episode.task_id)
+        .subquery()
+    )
+    played = (
+        select(Episode.run_id, Run.teacher, Episode.task_id, func.count(Episode.id).label("n"),
+               won.label("wins"), func.sum(Episode.cost_usd).label("cost"))
+        .select_from(Episode).join(Run, Run.id == Episode.run_id)
+        .where(finished)
+        .group_by(Episode.run_id, Run.teacher, Episode.task_id)
+        .subquery()
+    )
+    query = (
+        select(played.c.run_id, baseline.c.mode, func.sum(played.c.n), func.sum(played.c.wins),
+               func.sum(played.c.cost), func.sum(baseline.c.n), func.sum(baseline.c.wins),
+               func.sum(baseline.c.cost))
+        .select_from(played)
+        .join(baseline, (baseline.c.teacher == played.c.teacher)
+              & (baseline.c.task_id == played.c.task_id))
+        .group_by(played.c.run_id, baseline.c.mode)
+    )
+    with log.session() as s:
+        return {(run, mode): _Comparison(
+                    episodes=int(n), wins=int(w or 0), cost=float(c or 0.0),
+                    baseline_episodes=int(bn), baseline_wins=int(bw or 0),
+                    baseline_cost=float(bc or 0.0))
+                for run, mode, n, w, c, bn, bw, bc in s.execute(query)}
+
+
+def _versus_teacher(mode: str, comparison: _Comparison | None,
+                    collection_cost: float) -> dict[str, Any]:
+    """The baseline fields of a RunSummary: the teacher on the shared tasks, and the saving
+    where the run's success there is not below the teacher's interval."""
+    if comparison is None:
+        return {"relative_cost": None, "break_even_episodes": None,
+                "saving_withheld": NO_BASELINE}
+    interval = wilson_interval(comparison.baseline_wins, comparison.baseline_episodes)
+    assert interval is not None  # a joined task has at least one baseline episode
+    run_cpe = comparison.cost / comparison.episodes
+    baseline_cpe = comparison.baseline_cost / comparison.baseline_episodes
+    fields: dict[str, Any] = {
+        "compared_episodes": comparison.episodes,
+        "baseline_episodes": comparison.baseline_episodes,
+        "baseline_wins": comparison.baseline_wins,
+        "baseline_success_rate": comparison.baseline_wins / comparison.baseline_episodes,
+        "baseline_success_low": interval[0], "baseline_success_high": interval[1],
+        "baseline_cost_per_episode": baseline_cpe,
+        "relative_cost": None, "break_even_episodes": None, "saving_withheld": None,
+    }
+    if comparison.wins / comparison.episodes < interval[0]:
+        fields["saving_withheld"] = BELOW_TEACHER
+        return fields
+    if not baseline_cpe:
+        fields["saving_withheld"] = FREE_TEACHER
+        return fields
+    fields["relative_cost"] = run_cpe / baseline_cpe
+    if mode in BASELINE_MODES:
+        fields["saving_withheld"] = IS_BASELINE
+    elif baseline_cpe - run_cpe > 0:
+        fields["break_even_episodes"] = collection_cost / (baseline_cpe - run_cpe)
+    else:
+        fields["saving_withheld"] = NO_SAVING
+    return fields
 
 
 def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> list[RunSummary]:
@@ -72,12 +210,10 @@ def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> l
     with log.session() as s:
         rows = s.execute(query).all()
         labels = {run: (int(n), int(right or 0)) for run, n, right in s.execute(labelled)}
+    comparisons = _comparisons(log)
 
-    teacher_cpe: dict[tuple[str, str], list[tuple[int, float]]] = {}
     collect_cost: dict[str, float] = {}
-    for _run, mode, teacher, _, _, n, _, _, _, cost, total in rows:
-        if mode in ("teacher", "collect") and n:
-            teacher_cpe.setdefault((mode, teacher), []).append((int(n), float(cost or 0.0)))
+    for _run, mode, teacher, *_, total in rows:
         if mode == "collect":
             collect_cost[teacher] = collect_cost.get(teacher, 0.0) + float(total)
 
@@ -85,37 +221,58 @@ def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> l
     for run_id, mode, teacher, student, label, n, wins, steps, t_steps, cost, total in rows:
         if run_ids is not None and run_id not in run_ids:
             continue
-        n = int(n or 0)
-        cpe = float(cost) / n if n else None
-        baseline_runs = (teacher_cpe.get(("teacher", teacher))
-                         or teacher_cpe.get(("collect", teacher), []))
-        baseline_n = sum(k for k, _ in baseline_runs)
-        baseline = sum(c for _, c in baseline_runs) / baseline_n if baseline_n else None
-        relative = cpe / baseline if cpe is not None and baseline else None
-        break_even = None
-        if mode not in ("teacher", "collect") and cpe is not None and baseline is not None:
-            saving = baseline - cpe
-            if saving > 0:
-                break_even = collect_cost.get(teacher, 0.0) / saving
+        n, wins = int(n or 0), int(wins or 0)
+        interval = wilson_interval(wins, n)
+        comparison = next((comparisons[run_id, m] for m in BASELINE_MODES
+                           if (run_id, m) in comparisons), None)
         n_labelled, n_right = labels.get(run_id, (0, 0))
         summaries.append(RunSummary(
             run_id=run_id, mode=mode, teacher=teacher, student=student, label=label, episodes=n,
-            success_rate=int(wins or 0) / n if n else None,
+            wins=wins, success_rate=wins / n if n else None,
+            success_low=interval[0] if interval else None,
+            success_high=interval[1] if interval else None,
             steps_per_episode=int(steps or 0) / n if n else None,
             teacher_call_rate=int(t_steps or 0) / int(steps) if steps else None,
-            cost_per_episode=cpe, total_cost=float(total), relative_cost=relative,
-            break_even_episodes=break_even, labelled_accepted=n_labelled,
+            cost_per_episode=float(cost) / n if n else None, total_cost=float(total),
+            labelled_accepted=n_labelled,
             accepted_accuracy=n_right / n_labelled if n_labelled else None,
+            **_versus_teacher(mode, comparison, collect_cost.get(teacher, 0.0)),
         ))
     return summaries
-
 
 
 def _fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-WIDE_TABLE = 150
+def success_cell(wins: int, n: int, low: float | None, high: float | None) -> str:
+    """'1/2 (9–91%)': games won of played, then the 95% interval of the rate."""
+    if not n or low is None or high is None:
+        return "–"
+    return f"{wins}/{n} ({low:.0%}–{high:.0%})".replace("%–", "–")
+
+
+def _baseline_cell(r: RunSummary) -> str:
+    return success_cell(r.baseline_wins, r.baseline_episodes, r.baseline_success_low,
+                        r.baseline_success_high)
+
+
+def _saving_cells(r: RunSummary) -> tuple[str, str]:
+    """(relative cost, break-even) cells: the numbers, or why they are withheld."""
+    if r.relative_cost is None:
+        return r.saving_withheld or "–", "–"
+    relative = f"{r.relative_cost:.2f}×"
+    if r.break_even_episodes is not None:
+        return relative, f"{r.break_even_episodes:.0f}"
+    return relative, "no saving" if r.saving_withheld == NO_SAVING else "–"
+
+
+def teacher_name(r: RunSummary) -> str:
+    """The teacher model with its label, e.g. 'alfworld/expert (priced oracle teacher)'."""
+    return r.teacher + (f" ({r.label})" if r.label else "")
+
+
+WIDE_TABLE = 200
 """Terminal columns the full report table needs; narrower terminals get the compact one."""
 
 
@@ -123,44 +280,53 @@ def summary_table(summaries: Sequence[RunSummary], title: str = "agentkd runs",
                   width: int | None = None) -> Table:
     """The report as a rich table.
 
-    Given a terminal `width` below `WIDE_TABLE`, the table drops the run id, teacher and
-    student columns (the caption names the models instead) and the accepted-accuracy column when
-    no run has labels, so it stays readable on an 80-column terminal.
+    Given a terminal `width` below `WIDE_TABLE`, the table drops the run id, student and
+    teacher-success columns (the caption names the models instead), merges relative cost and
+    break-even into one "vs teacher" column, and drops the accepted-accuracy column when no
+    run has labels, so it stays readable on an 80-column terminal. Both layouts name the
+    teacher in the title.
     """
     compact = width is not None and width < WIDE_TABLE
     labelled = any(r.accepted_accuracy is not None for r in summaries)
-    columns = ["mode", "eps", "success", "steps/ep", "teacher%"]
-    columns += ["accepted"] if labelled else []
-    columns += ["$/ep", "rel cost", "break-even"]
-    if not compact:
-        columns = ["run", "mode", "teacher", "student", "episodes", "success", "steps/ep",
-                   "teacher-call rate", "accepted acc. (labelled)", "cost/ep (USD)",
+    teachers = sorted({teacher_name(r) for r in summaries})
+    if teachers:
+        title += f" · teacher: {', '.join(teachers)}"
+    if compact:
+        columns = ["mode", "success (95%)", "steps/ep", "teacher%"]
+        columns += ["accepted"] if labelled else []
+        columns += ["$/ep", "vs teacher"]
+    else:
+        columns = ["run", "mode", "teacher", "student", "success (95% CI)",
+                   "teacher success", "steps/ep", "teacher calls", "accepted acc.", "$/ep",
                    "relative cost", "break-even eps"]
     table = Table(title=title, box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
                   pad_edge=not compact, padding=(0, 1, 0, 0) if compact else (0, 1))
     for column in columns:
-        table.add_column(column, no_wrap=compact,
-                         justify="left" if column in ("run", "mode", "teacher",
-                                                      "student") else "right")
+        text = column in ("run", "mode", "teacher", "student", "relative cost", "vs teacher")
+        # Numbers and run ids never wrap; the models and the reason a saving is withheld may.
+        wraps = column in ("teacher", "student", "relative cost", "vs teacher")
+        table.add_column(column, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis",
+                         justify="left" if text else "right")
     for r in summaries:
         accepted = _fmt(r.accepted_accuracy, ".1%") + (
             f" ({r.labelled_accepted})" if r.labelled_accepted else "")
-        numbers = [_fmt(r.success_rate, ".2f"), _fmt(r.steps_per_episode, ".1f"),
-                   _fmt(r.teacher_call_rate, ".1%")]
-        money = [_fmt(r.cost_per_episode, ".5f"),
-                 _fmt(r.relative_cost, ".2f") + ("×" if r.relative_cost is not None else ""),
-                 _fmt(r.break_even_episodes, ".0f")]
+        success = success_cell(r.wins, r.episodes, r.success_low, r.success_high)
+        numbers = [_fmt(r.steps_per_episode, ".1f"), _fmt(r.teacher_call_rate, ".1%")]
+        relative, break_even = _saving_cells(r)
         if compact:
-            table.add_row(r.mode, str(r.episodes), *numbers,
-                          *([accepted] if labelled else []), *money)
+            versus = ", ".join(cell for cell in (relative, break_even) if cell != "–")
+            table.add_row(r.mode, success, *numbers, *([accepted] if labelled else []),
+                          _fmt(r.cost_per_episode, ".5f"), versus)
         else:
-            teacher = r.teacher + (f" ({r.label})" if r.label else "")
-            table.add_row(r.run_id, r.mode, teacher, r.student or "–", str(r.episodes),
-                          *numbers, accepted, *money)
+            table.add_row(r.run_id, r.mode, teacher_name(r), r.student or "–", success,
+                          _baseline_cell(r), *numbers, accepted,
+                          _fmt(r.cost_per_episode, ".5f"), relative, break_even)
     if compact:
-        teachers = sorted({r.teacher + (f" ({r.label})" if r.label else "") for r in summaries})
         students = sorted({r.student for r in summaries if r.student})
-        table.caption = (f"teacher% = teacher-call rate; teacher: {', '.join(teachers)}; student: "
+        table.caption = (f"success: episodes won (95% Wilson interval); vs teacher: relative "
+                         f"cost, break-even episodes, against the teacher-only runs on the "
+                         f"same tasks and withheld when success is below the teacher's "
+                         f"interval; teacher% = teacher-call rate; student: "
                          f"{', '.join(students) or '–'}; runs: "
                          f"{', '.join(r.run_id for r in summaries)}")
     return table

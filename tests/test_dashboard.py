@@ -200,14 +200,16 @@ def test_overview_filters(seeded: Seeded, dash: Dashboard) -> None:
     distill = next(r for r in rows if r["run_id"] == "distill-1")
     assert distill["episodes"] == n
     assert distill["cost_per_episode"] == pytest.approx(cost / n)
-    # The teacher baseline is report.py's choice of teacher-only runs, computed over the same
-    # slice of episodes (teacher-mode runs alone, or with the collect runs, per report.py).
-    slice_of = {run: seeded.sql("SELECT count(*), sum(cost_usd) FROM episodes WHERE run_id = "
-                                ":run AND task_type = 'pick'", run=run)[0]
-                for run in ("teacher-1", "collect-1")}
-    (t_n, t_cost), (c_n, c_cost) = slice_of["teacher-1"], slice_of["collect-1"]
-    baselines = (t_cost / t_n, (t_cost + c_cost) / (t_n + c_n))
-    assert any(distill["relative_cost"] == pytest.approx((cost / n) / b) for b in baselines)
+    # The teacher baseline is the teacher run's episodes of the slice, on the tasks distill
+    # also played there; distill is compared on those tasks only.
+    shared = ("SELECT task_id FROM episodes WHERE run_id = 'teacher-1' AND task_type = 'pick'")
+    (s_n, s_cost), = seeded.sql("SELECT count(*), sum(cost_usd) FROM episodes WHERE run_id = "
+                                "'distill-1' AND status != 'running' AND task_id IN "
+                                f"({shared})")
+    (t_n, t_cost), = seeded.sql("SELECT count(*), sum(cost_usd) FROM episodes WHERE run_id = "
+                                "'teacher-1' AND task_type = 'pick'")
+    assert (distill["compared_episodes"], distill["baseline_episodes"]) == (s_n, t_n) == (2, 2)
+    assert distill["relative_cost"] == pytest.approx((s_cost / s_n) / (t_cost / t_n))
     assert distill["relative_cost"] != pytest.approx(
         next(r for r in dash.overview(Filters()).table("runs").rows
              if r["run_id"] == "distill-1")["relative_cost"])

@@ -51,7 +51,7 @@ from agentkd.dashboard.rollup import (
 )
 from agentkd.errors import ConfigError
 from agentkd.log import Episode, LLMCall, Run, Step, TrajectoryLog
-from agentkd.report import RunSummary, run_summaries
+from agentkd.report import RunSummary, run_summaries, teacher_name
 
 TEACHER_ROLES = ("teacher", "collect")
 STUDENT_MODES = ("student", "icd", "distill")
@@ -123,6 +123,8 @@ class Col:
     key: str
     label: str
     kind: str = "text"
+    missing: str | None = None
+    """Key of the row's text saying why this column's value is None, shown in its place."""
 
 
 @dataclass
@@ -330,24 +332,34 @@ class Dashboard:
         rows = [s.model_dump() for s in summaries]
         columns = [
             Col("run_id", "run", "run"), Col("mode", "mode"), Col("teacher", "teacher"),
-            Col("student", "student"), Col("label", "label"), Col("episodes", "episodes", "int"),
-            Col("success_rate", "success", "pct"),
+            Col("label", "teacher label"), Col("student", "student"),
+            Col("episodes", "episodes", "int"), Col("success_rate", "success", "pct"),
+            Col("success_low", "success 95% low", "pct"),
+            Col("success_high", "success 95% high", "pct"),
+            Col("baseline_episodes", "teacher episodes (same tasks)", "int"),
+            Col("baseline_success_rate", "teacher success", "pct"),
+            Col("baseline_success_low", "teacher 95% low", "pct"),
             Col("steps_per_episode", "steps/ep", "float"),
             Col("teacher_call_rate", "teacher-call rate", "pct"),
             Col("accepted_accuracy", "accepted-step accuracy", "pct"),
             Col("labelled_accepted", "labelled accepted steps", "int"),
             Col("cost_per_episode", "cost/ep", "usd"),
-            Col("relative_cost", "relative cost", "ratio"),
-            Col("break_even_episodes", "break-even eps", "int"),
+            Col("relative_cost", "relative cost", "ratio", missing="saving_withheld"),
+            Col("break_even_episodes", "break-even eps", "int", missing="saving_withheld"),
             Col("total_cost", "total spend", "usd"),
         ]
         page = Page("Runs overview")
+        page.notes.append("Teacher: " + (", ".join(sorted({teacher_name(s) for s in summaries}))
+                                         or "–"))
         page.tables.append(DataTable(
             "runs", "Runs", columns, rows,
-            note="Relative cost: cost per episode over that of the teacher-only runs (modes "
-                 "teacher and collect) with the same teacher. Break-even: demo-collection "
-                 "spend over the saving per episode. Accepted-step accuracy: share of the "
-                 "student's accepted steps that shadow mode's teacher label confirms."))
+            note="Success with its 95% Wilson interval. Each run is compared with the "
+                 "teacher-only episodes (mode teacher, else collect) of the same teacher on "
+                 "the same task ids. Relative cost: cost per episode over the teacher's there; "
+                 "break-even: demo-collection spend over the saving per episode. Both are "
+                 "withheld, and say why, when the run's success on those tasks is below the "
+                 "teacher's interval. Accepted-step accuracy: share of the student's accepted "
+                 "steps that shadow mode's teacher label confirms."))
         total = sum(s.total_cost for s in summaries)
         episodes = sum(s.episodes for s in summaries)
         page.kpis = [
