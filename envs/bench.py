@@ -6,6 +6,8 @@ log) and its own environment per game. `resume=True` skips games the run already
 and marks episodes left running by a dead worker as interrupted. A demo store has one writer:
 parallel collect workers only log, and the parent adds the run's successful episodes to the
 store from the log when the games are done (idempotent, so a resumed run completes it).
+`validate` raises a configuration error (an unknown model, icd/distill without a store, a bad
+cap) before any game is played, so the command line reports it before drawing progress.
 """
 
 from __future__ import annotations
@@ -90,6 +92,43 @@ def _distiller(config: BenchConfig, run_id: str) -> Any:
         run=run_id,
         equivalent=same_admissible_command,
     )
+
+
+def check_model(model: str) -> None:
+    """Fail now, not at the model's first call, on an ALFWorld teacher or a local model that
+    does not exist (or is not installed). Other providers' names are theirs to check."""
+    from agentkd import local_models
+    from agentkd.envs import expert
+
+    if model.startswith("alfworld/") and model not in expert.MODELS:
+        raise InputError(f"unknown ALFWorld teacher {model!r}; choose one of "
+                         f"{', '.join(expert.MODELS)}")
+    if model.startswith(f"{local_models.PROVIDER}/"):
+        local_models.model_path(model)
+
+
+def validate(config: BenchConfig, run_id: str) -> None:
+    """Raise the configuration error the first game would raise, before any game is played.
+
+    Checks the caps and the models, then builds the run's Distiller here, which checks the
+    mode, the cascade, the retrieval settings and the demo store. With one worker the games
+    then run in that Distiller; with more, each worker builds its own.
+    """
+    if _worker.get("ready") == (config, run_id):
+        return  # validated in this process already (the CLI does it before its progress bar)
+    for name, value in (("workers", config.workers), ("max_steps", config.max_steps)):
+        if value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for model in (config.teacher, config.student):
+        if model:
+            check_model(model)
+    kd = _distiller(config, run_id)
+    _worker.clear()
+    if config.workers > 1:
+        kd.close()  # each worker builds its own
+    else:
+        _worker.update(kd=kd, config=config)
+    _worker["ready"] = (config, run_id)
 
 
 def share_cores(workers: int) -> None:
@@ -199,6 +238,7 @@ def run_bench(config: BenchConfig, on_episode: Callable[[EpisodeOutcome], None] 
         games = config.planned[1]
     else:
         games, _ = plan_games(config, run_id)
+    validate(config, run_id)
     outcomes: list[EpisodeOutcome] = []
     for outcome in _play_all(config, run_id, [str(g) for g in games]):
         outcomes.append(outcome)
@@ -224,8 +264,7 @@ def _demos_written_by_parent(config: BenchConfig) -> str | None:
 
 def _play_all(config: BenchConfig, run_id: str, games: list[str]) -> Iterator[EpisodeOutcome]:
     if config.workers <= 1:
-        _init_worker(config, run_id)
-        for game in games:
+        for game in games:  # in the Distiller `validate` built
             yield play(game)
         return
     # spawn: llama.cpp and torch do not survive fork with threads already running.

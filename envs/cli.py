@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agentkd.config import MODES, Cascade, load_cascade, validated
-from agentkd.envs.bench import BenchConfig, EpisodeOutcome, plan_games, run_bench
+from agentkd.envs.bench import BenchConfig, EpisodeOutcome, plan_games, run_bench, validate
 from agentkd.errors import AgentKDError, InputError
 
 bench_app = typer.Typer(help="Run benchmarks on real environments.", no_args_is_help=True)
@@ -22,10 +22,12 @@ DEFAULT_STUDENT = "local/qwen2.5-coder-1.5b"
 
 def run_with_progress(config: BenchConfig, title: str) -> str:
     """Play `config` under a progress bar (won, cost, teacher-call rate); returns the run id.
-    Ctrl-C stops it and says how to resume."""
+    A configuration error is raised before the bar is drawn; Ctrl-C stops the games and says
+    how to resume."""
     run_id = config.run_id()
     config.run = run_id
     games, skipped = plan_games(config, run_id)
+    validate(config, run_id)
     if skipped:
         console.print(f"[dim]{title}: resuming run {run_id}, {skipped} games already done[/dim]")
     totals = {"done": 0, "won": 0, "cost": 0.0, "steps": 0, "teacher": 0}
