@@ -4,6 +4,9 @@ Tables are created on first use. Every step is written, with its LLM calls and t
 running totals, in one transaction as soon as it completes, so a crash mid-episode loses
 nothing already served. SQLite runs in WAL mode with a busy timeout so several processes can
 write one file; PostgreSQL is the target for real multi-process runs.
+
+Every text written goes through `agentkd.secrets.scrub_value` first, so a key that reaches
+the content (an observation echoing `env`, a pasted config) is stored as ``[REDACTED]``.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from agentkd.episode import messages_hash
 from agentkd.errors import ConfigError
-from agentkd.secrets import scrub
+from agentkd.secrets import scrub, scrub_value
 
 
 def utcnow() -> datetime:
@@ -237,6 +241,7 @@ class TrajectoryLog:
         self.engine = make_engine(url)
         self._lock = threading.Lock()
         self._is_sqlite = self.engine.dialect.name == "sqlite"
+        self._prompts: dict[int, _LoggedPrompt] = {}
         for attempt in range(5):
             try:
                 Base.metadata.create_all(self.engine)
@@ -277,7 +282,7 @@ class TrajectoryLog:
                 existing = s.get(Run, run_id)
                 if existing is None:
                     s.add(Run(id=run_id, mode=mode, teacher=teacher, student=student,
-                              label=label, config=config or {}))
+                              label=scrub_value(label), config=scrub_value(config or {})))
         except IntegrityError:
             existing = None  # another process inserted it between our read and our insert
         if existing is None:
@@ -299,6 +304,7 @@ class TrajectoryLog:
         goal: str | None = None,
         plan: str | None = None,
     ) -> int:
+        goal, plan = scrub_value((goal, plan))
         with self.session() as s, s.begin():
             episode = Episode(run_id=run_id, task_id=task_id, task_type=task_type, goal=goal,
                               plan=plan, status="running")
@@ -307,6 +313,7 @@ class TrajectoryLog:
             return episode.id
 
     def update_episode(self, episode_id: int, **values: Any) -> None:
+        values = {name: scrub_value(value) for name, value in values.items()}
         with self.session() as s, s.begin():
             s.execute(update(Episode).where(Episode.id == episode_id).values(**values))
 
@@ -314,20 +321,21 @@ class TrajectoryLog:
                     calls: Sequence[CallRecord]) -> int:
         """Write a step, its calls and the episode's new totals in one transaction."""
         cost = sum(c.cost_usd for c in calls)
+        texts = scrub_value({
+            "new_messages": step.new_messages, "observation": step.observation,
+            "demo_block": step.demo_block, "samples": step.samples,
+            "final_action": step.final_action, "final_text": step.final_text,
+            "signals": step.signals, "teacher_action": step.teacher_action})
+        prompt_hash = self._logged_prompt_hash(episode_id, step, texts["new_messages"])
         # Core statements, not the ORM unit of work: this runs on every agent step.
         with self._write_lock(), self.engine.begin() as conn:
             step_id = conn.execute(
                 insert(Step).returning(Step.id),
-                {"episode_id": episode_id, "idx": step.idx, "prompt_hash": step.prompt_hash,
-                 "new_messages": step.new_messages, "observation": step.observation,
-                 "demo_ids": step.demo_ids, "demo_block": step.demo_block,
-                 "samples": step.samples, "agreement": step.agreement, "verdict": step.verdict,
-                 "actor": step.actor, "final_action": step.final_action,
-                 "final_text": step.final_text, "cost_usd": cost,
-                 "latency_ms": step.latency_ms, "created_at": utcnow(),
-                 "signals": step.signals, "shadow": step.shadow,
-                 "teacher_action": step.teacher_action,
-                 "student_correct": step.student_correct},
+                {**texts, "episode_id": episode_id, "idx": step.idx,
+                 "prompt_hash": prompt_hash, "demo_ids": step.demo_ids,
+                 "agreement": step.agreement, "verdict": step.verdict, "actor": step.actor,
+                 "cost_usd": cost, "latency_ms": step.latency_ms, "created_at": utcnow(),
+                 "shadow": step.shadow, "student_correct": step.student_correct},
             ).scalar_one()
             self._insert_calls(conn, run_id, episode_id, step_id, calls)
             conn.execute(
@@ -340,6 +348,26 @@ class TrajectoryLog:
                 )
             )
             return int(step_id)
+
+    def _logged_prompt_hash(self, episode_id: int, step: StepRecord,
+                            logged: list[dict[str, Any]]) -> str:
+        """The hash of the full prompt as the log holds it (scrubbed), so that the prompt
+        rebuilt from the logged turns (`agentkd.export.step_prompts`) matches its hash.
+
+        `step.prompt_hash` is that of the agent's raw prompt; the two differ only once a
+        secret was scrubbed from this episode's turns, so the scrubbed prompt is hashed
+        only then. Each episode's steps come one at a time, so its entry needs no lock.
+        """
+        prompt = self._prompts.get(episode_id)
+        changed = logged != step.new_messages
+        # A step logs the turns appended since the previous one, or all of them when the
+        # agent rewrote its history: then they alone hash to the raw prompt's hash.
+        if prompt is None or messages_hash(step.new_messages) == step.prompt_hash:
+            prompt = self._prompts[episode_id] = _LoggedPrompt(list(logged), changed)
+        else:
+            prompt.messages.extend(logged)
+            prompt.scrubbed = prompt.scrubbed or changed
+        return messages_hash(prompt.messages) if prompt.scrubbed else step.prompt_hash
 
     def record_calls(self, run_id: str, episode_id: int | None,
                      calls: Iterable[CallRecord]) -> None:
@@ -370,9 +398,9 @@ class TrajectoryLog:
     def finish_episode(self, episode_id: int, *, status: str, success: bool | None,
                        reward: float | None = None, error: str | None = None,
                        info: dict[str, Any] | None = None) -> None:
+        self._prompts.pop(episode_id, None)
         self.update_episode(episode_id, status=status, success=success, reward=reward,
-                            error=scrub(error) if error else None, info=info or {},
-                            finished_at=utcnow())
+                            error=error or None, info=info or {}, finished_at=utcnow())
 
     def mark_interrupted(self, run_id: str) -> int:
         """Mark episodes of `run_id` still 'running' (their worker died) as interrupted."""
@@ -430,6 +458,15 @@ class TrajectoryLog:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+@dataclass
+class _LoggedPrompt:
+    """An open episode's latest full prompt as logged; `scrubbed`: it differs from the raw
+    prompt (a secret was taken out of it)."""
+
+    messages: list[dict[str, Any]]
+    scrubbed: bool
 
 
 class _NoLock:

@@ -14,7 +14,8 @@ The index is exact (flat) below `approx_threshold` steps and HNSW above it. Addi
 appends: rows and vectors are durable when `add` returns, and `index.faiss` is a cache of them.
 On open, an index missing its newest vectors is topped up from ``vectors.f32``, and an
 unreadable or inconsistent one is rebuilt from it; vectors left over from an `add` that never
-committed (a crash) are cut off. One process writes a store at a time.
+committed (a crash) are cut off. One process writes a store at a time. Known secrets are
+scrubbed from every text before it is embedded or stored (`agentkd.secrets.scrub_value`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sqlite3
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from agentkd.config import KeyWeights, Retrieval
 from agentkd.errors import StoreError
 from agentkd.retrieval.embedder import DEFAULT_MODEL, Embedder, get_embedder
 from agentkd.retrieval.keys import StepKey
+from agentkd.secrets import scrub_value
 
 FORMAT_VERSION = 1
 DEFAULT_APPROX_THRESHOLD = 50_000
@@ -343,6 +345,7 @@ class DemoStore:
                 raise StoreError("a demo episode needs a goal (the task description)")
         if not episodes:
             return []
+        episodes = _scrubbed(episodes)
         vectors = self._vectors(episodes)
         with self._lock:
             first_row = int(self._index.ntotal)
@@ -587,6 +590,16 @@ class DemoStore:
             "embedding_model": self.meta["embedding_model"], "dim": self.dim,
             "index": self.meta.get("index"), "size_bytes": size,
         }
+
+
+def _scrubbed(episodes: list[DemoEpisode]) -> list[DemoEpisode]:
+    """`episodes` with known secrets scrubbed from their texts (one lookup of the secrets
+    for the whole batch). Ids and tags (task id, type, source) are kept as they are."""
+    texts = scrub_value([(e.goal, e.plan, [(s.observation, s.action, s.reasoning)
+                                            for s in e.steps]) for e in episodes])
+    return [replace(e, goal=goal, plan=plan,
+                    steps=[DemoStep(observation=o, action=a, reasoning=r) for o, a, r in steps])
+            for e, (goal, plan, steps) in zip(episodes, texts, strict=True)]
 
 
 def _file_checksum(file: Path) -> str:

@@ -7,6 +7,10 @@ the teacher side. Then every artifact is searched for each secret and every 12-c
 of it: the SQLite file, its WAL and shared-memory files, the demo store files, `agentkd report
 --json` and `--html`, exception texts and tracebacks, everything printed, the dashboard's pages
 and CSV exports, and (marked `postgres`) the rows of a PostgreSQL log.
+
+Keys also reach the content: an agent's observation echoing `env`, answers quoting it, the
+goal, a demo's texts. They are scrubbed where the log and the demo store are written, and
+every byte of every file a run, `agentkd demos build` and `agentkd export` write is searched.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import base64
 import os
 import secrets as pysecrets
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import litellm
@@ -32,7 +37,8 @@ from typer.testing import CliRunner
 
 import agentkd
 import agentkd.cli
-from agentkd.retrieval import DemoEpisode, DemoStep, DemoStore
+from agentkd.retrieval import DemoEpisode, DemoStep, DemoStore, StepKey
+from agentkd.secrets import register_secret
 
 TEACHER_NAME, STUDENT_NAME = TEACHER.split("/", 1)[1], STUDENT.split("/", 1)[1]
 
@@ -213,9 +219,117 @@ def test_scrub_covers_both_header_kwargs():
 
 
 def test_demo_store_holds_no_secret(tmp_path, monkeypatch):
-    # A demo built from a log written while keys were in the environment.
-    key = f"sk-demoplant{pysecrets.token_hex(16)}"
-    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    # Keys pasted into a demo's own texts (an environment key with no well-known shape, and
+    # one agentkd registered) are scrubbed before they are embedded or stored.
+    env_key, registered = f"demoplant{pysecrets.token_hex(16)}", f"reg{pysecrets.token_hex(16)}"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", env_key)
+    register_secret(registered)
+    both = f"ANTHROPIC_API_KEY={env_key} token {registered}"
     with DemoStore.open(tmp_path / "d", create=True) as store:
-        store.add(DemoEpisode(goal="g", steps=[DemoStep(observation="o", action="a")]))
-    assert grep_secrets(files_under(tmp_path), [key]) == []
+        store.add(DemoEpisode(goal=f"deploy with {both}", plan=f"paste {both}", steps=[
+            DemoStep(observation=f"$ env\n{both}", action=f"echo {env_key}",
+                     reasoning=f"the key is {registered}")]))
+        (window,) = store.search(StepKey(goal="deploy", observation="env"))
+    assert window.steps[0].action == "echo [REDACTED]"
+    assert grep_secrets(files_under(tmp_path), [env_key, registered]) == []
+
+
+def test_prompts_rebuild_from_scrubbed_turns(tmp_path, monkeypatch, scripted):
+    # A step logs only its new turns and the hash of its whole prompt; once a key was taken
+    # out of a turn, the logged hash must be that of the scrubbed prompt, or the prompts
+    # could no longer be rebuilt (export), whether the agent appends or rewrites its history.
+    from agentkd.export import step_prompts
+    from agentkd.secrets import scrub_value
+
+    key = f"sk-test-{pysecrets.token_hex(16)}"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    scripted.scripts["scripted/teacher"] = lambda messages, n: ["Action: look"] * n
+    kd = agentkd.Distiller(teacher="scripted/teacher", mode="teacher",
+                           log=f"sqlite:///{tmp_path / 'log.db'}")
+    system = {"role": "system", "content": "Answer with 'Action: <command>'."}
+    said = {"role": "assistant", "content": "Action: look"}
+    first = [system, {"role": "user", "content": "Your task is to: deploy"}]
+    echoed = [*first, said, {"role": "user", "content": f"$ env\nOPENAI_API_KEY={key}"}]
+    after = [*echoed, said, {"role": "user", "content": "Deployed."}]
+    rewritten = [system, {"role": "user", "content": f"Summary: the key {key} was set."}]
+    prompts = [first, echoed, after, rewritten, [*rewritten, said, first[1]]]
+    with kd.episode_scope(task_id="t") as ep:
+        for prompt in prompts:
+            kd.completion(messages=prompt)
+        ep.finish(success=True)
+    (episode,) = kd.log.episodes(kd.run_id)
+    logged = step_prompts(kd.log.steps(episode.id))
+    assert logged == [scrub_value(p) for p in prompts] != prompts
+    assert key not in repr(logged)
+    kd.close()
+
+
+def _content_agent(key_text: str) -> Callable[[], None]:
+    """A user's three-step agent loop whose second observation echoes `key_text`."""
+    def agent() -> None:
+        messages = [{"role": "system", "content": "Answer with 'Action: <command>'."},
+                    {"role": "user", "content": "Your task is to: deploy the service"}]
+        for observation in ("You see a terminal.", f"$ env\n{key_text}", "Deployed."):
+            reply = litellm.completion(model=CONTENT_TEACHER, messages=messages)
+            messages += [{"role": "assistant", "content": reply.choices[0].message.content},
+                         {"role": "user", "content": observation}]
+    return agent
+
+
+CONTENT_TEACHER, CONTENT_STUDENT = "openai/gpt-4o-mini", "openai/gpt-4.1-mini"
+
+
+def test_a_key_in_the_content_reaches_no_file(tmp_path, monkeypatch):
+    # Keys an agent pastes into its own messages: an observation echoing `env`, a teacher
+    # and student answer quoting it, the goal and the episode's info. Two come from the
+    # environment (one with no well-known shape), one was registered with agentkd.
+    planted = {"openai": f"sk-test-{pysecrets.token_hex(16)}",
+               "env_token": f"envtok{pysecrets.token_hex(16)}",
+               "registered": f"reg{pysecrets.token_hex(16)}"}
+    monkeypatch.setenv("OPENAI_API_KEY", planted["openai"])
+    monkeypatch.setenv("MY_SERVICE_TOKEN", planted["env_token"])
+    register_secret(planted["registered"])
+    key_text = (f"OPENAI_API_KEY={planted['openai']} MY_SERVICE_TOKEN={planted['env_token']} "
+                f"deploy password {planted['registered']}")
+    log_url = f"sqlite:///{tmp_path / 'content.db'}"
+    demos = tmp_path / "demos"
+
+    collect = agentkd.Distiller(
+        teacher=CONTENT_TEACHER, mode="collect", log=log_url, demos=demos,
+        teacher_kwargs={"mock_response": f"Action: export {planted['env_token']}"})
+    with collect.episode_scope(task_id="collect", goal=f"deploy with {key_text}") as ep:
+        _content_agent(key_text)()
+        ep.finish(success=True, pasted=key_text)
+    collect.close()
+    kd = agentkd.Distiller(
+        teacher=CONTENT_TEACHER, student=CONTENT_STUDENT, mode="distill", log=log_url,
+        demos=demos, cascade=agentkd.Cascade(samples=3, shadow=1.0),
+        teacher_kwargs={"mock_response": f"Action: export {planted['env_token']}"},
+        student_kwargs={"mock_response": f"Thought: {key_text}\nAction: export it"})
+    with kd.episode_scope(task_id="distill", goal=f"deploy with {key_text}") as ep:
+        _content_agent(key_text)()
+        ep.finish(success=True, pasted=key_text)
+    # The keys did reach the pipeline (so the test is not vacuous), and were scrubbed.
+    steps = [s for e in kd.log.episodes(kd.run_id) for s in kd.log.steps(e.id)]
+    assert len(steps) == 3 and all(s.shadow for s in steps)
+    assert "MY_SERVICE_TOKEN=[REDACTED]" in steps[2].new_messages[-1]["content"]
+    assert "[REDACTED]" in steps[0].samples[0]["content"] and steps[0].demo_block
+    check_log(kd.log, kd.run_id)
+
+    runner = CliRunner()
+    for args in (["demos", "build", "--log", log_url, "--run", collect.run_id,
+                  "--out", str(tmp_path / "built")],
+                 ["export", "--log", log_url, "--run", collect.run_id, "--run", kd.run_id,
+                  "--out", str(tmp_path / "export" / "data.jsonl"), "--val-fraction", "0"]):
+        result = runner.invoke(agentkd.cli.app, args)
+        assert result.exit_code == 0, result.output
+    exported = (tmp_path / "export" / "data.jsonl").read_text()
+    assert exported.count("MY_SERVICE_TOKEN=[REDACTED]") >= 2  # both episodes' second step
+    # Every byte of every file written, the SQLite WAL while the writer is still open too.
+    artifacts = {f"open {k}": v for k, v in files_under(tmp_path).items()}
+    assert any(k.endswith("content.db-wal") for k in artifacts)
+    kd.close()
+    kd.log.close()
+    artifacts.update(files_under(tmp_path))
+    assert {Path(k).name for k in artifacts} >= {"content.db", "demos.sqlite", "data.jsonl"}
+    assert grep_secrets(artifacts, planted.values()) == []
