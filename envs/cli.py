@@ -139,29 +139,51 @@ def bench_alfworld(
         raise typer.Exit(2) from None
 
 
+TEACHER_CAP = 50
+"""Step cap of the demo's teacher phases when no --max-steps is given (the bench default)."""
+
+
+def longest_episode(log: str, run_id: str) -> int:
+    """The most steps any episode of `run_id` took."""
+    from agentkd.log import TrajectoryLog
+
+    return max((e.n_steps for e in TrajectoryLog(log).episodes(run_id)), default=TEACHER_CAP)
+
+
 def demo(
     workdir: Path = typer.Option(Path(".agentkd"), help="Where the log and demo store go."),
     train_games: int = typer.Option(12, help="Train games the teacher plays to collect demos."),
     games: int = typer.Option(2, help="valid_seen games each mode is evaluated on."),
-    max_steps: int = typer.Option(10, help="Step cap per evaluation episode."),
+    max_steps: int = typer.Option(None, help="Step cap per evaluation episode (default: the "
+                                             "teacher plays up to 50 steps, the students up to "
+                                             "its longest episode)."),
     student: str = typer.Option(DEFAULT_STUDENT, help="Student model (litellm string)."),
 ) -> None:
     """The offline story: collect demos with the expert, then compare every mode."""
     log = f"sqlite:///{(workdir / 'demo.db').resolve()}"
     demos = str(workdir / "demos")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    runs = []
-    plan = [("collect", "train", train_games, 50), ("teacher", "valid_seen", games, max_steps),
-            ("student", "valid_seen", games, max_steps), ("icd", "valid_seen", games, max_steps),
-            ("distill", "valid_seen", games, max_steps)]
+
+    def play(mode: str, split: str, n: int, steps: int) -> str:
+        config = BenchConfig(mode=mode, student=student, split=split, episodes=n, stratify=True,
+                             demos=demos if mode in ("collect", "icd", "distill") else None,
+                             log=log, run=f"demo-{stamp}-{mode}", max_steps=steps,
+                             retrieval={"k": 3, "window_before": 1, "window_after": 1})
+        return run_with_progress(config, f"{mode:8s} {split}")
+
     try:
-        for mode, split, n, steps in plan:
-            config = BenchConfig(mode=mode, student=student, split=split, episodes=n,
-                                 stratify=True,
-                                 demos=demos if mode in ("collect", "icd", "distill") else None,
-                                 log=log, run=f"demo-{stamp}-{mode}", max_steps=steps,
-                                 retrieval={"k": 3, "window_before": 1, "window_after": 1})
-            runs.append(run_with_progress(config, f"{mode:8s} {split}"))
+        runs = [play("collect", "train", train_games, TEACHER_CAP),
+                play("teacher", "valid_seen", games,
+                     TEACHER_CAP if max_steps is None else max_steps)]
+        if max_steps is None:
+            # Every teacher episode ended within its longest one, so under this cap the
+            # teacher's log (wins and cost) is exactly what it is: the cap never decides
+            # against the teacher, and the students get as many steps as it used.
+            max_steps = longest_episode(log, runs[-1])
+            console.print(f"[dim]students' step cap: {max_steps}, the teacher's longest "
+                          f"episode on these games[/dim]")
+        runs += [play(mode, "valid_seen", games, max_steps)
+                 for mode in ("student", "icd", "distill")]
     except AgentKDError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
