@@ -1,7 +1,9 @@
-"""Shared fixtures: a scripted litellm custom provider and a fresh SQLite log per test."""
+"""Shared fixtures: a scripted litellm custom provider and a fresh SQLite log per test; and
+`require`, the one way a test skips for a missing dependency (it fails under CI=true)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from collections.abc import Callable
@@ -17,6 +19,29 @@ from litellm.types.utils import Choices, Message, ModelResponse, Usage
 import agentkd
 
 Script = Callable[[list[dict[str, Any]], int], list[str]]
+
+
+def require(condition: object, why: str) -> None:
+    """Skip the calling test, fixture or module unless `condition` holds; under CI=true fail.
+
+    Locally a missing browser, data folder or optional extra only narrows the run. In CI it
+    means the job's setup is broken, and skipping would report the suite that needs it as
+    passed; `why` names what is missing and how to get it.
+    """
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{why} (CI=true: a missing dependency fails the run)", pytrace=False)
+    pytest.skip(why, allow_module_level=True)
+
+
+def importable(module: str) -> bool:
+    """Whether `module` imports (for `require`; an extra's package may be missing)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 class ScriptedLLM(CustomLLM):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import importable, require
 from sqlalchemy import case, create_engine, text, update
 from sqlalchemy.engine import make_url
 
@@ -33,8 +34,8 @@ from agentkd.errors import ConfigError
 from agentkd.log import CallRecord, Episode, LLMCall, Step, StepRecord, TrajectoryLog
 from agentkd.report import run_summaries
 
-pytest.importorskip("fastapi")
-pytest.importorskip("jinja2")
+require(importable("fastapi") and importable("jinja2"),
+        "the dashboard tests need fastapi and jinja2: pip install 'agentkd[dashboard]'")
 
 T, S, M = "scripted/teacher", "scripted/student", "scripted/memory"
 DAYS = ("2026-01-10", "2026-01-11", "2026-01-12")
@@ -622,9 +623,11 @@ def shots(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)")
+    require(importable("playwright.sync_api"),
+            "the browser tests need playwright: pip install 'agentkd[dev]'")
+    require(shutil.which(CHROMIUM), f"{CHROMIUM} missing (apt-get install chromium)")
+    from playwright import sync_api
+
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b

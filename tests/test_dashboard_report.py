@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import importable, require
 
 from agentkd.log import CallRecord, TrajectoryLog
 from agentkd.report import BELOW_TEACHER, wilson_interval
 
-pytest.importorskip("fastapi")
-pytest.importorskip("jinja2")
+require(importable("fastapi") and importable("jinja2"),
+        "the dashboard tests need fastapi and jinja2: pip install 'agentkd[dashboard]'")
 
 T, S = "scripted/teacher", "scripted/student"
 LABEL = "priced oracle teacher"

@@ -10,10 +10,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import importable, require
 
 from agentkd import llama_probe as probe
 from agentkd import local_models as lm
 from agentkd.errors import ConfigError, LocalModelError
+
+NO_LLAMA = "needs llama-cpp-python: pip install 'agentkd[local]'"
 
 
 @pytest.fixture(autouse=True)
@@ -121,7 +124,7 @@ def test_a_child_that_hangs_is_stopped(model_file, monkeypatch):
 
 
 def test_a_file_llama_cpp_cannot_load_fails_the_rehearsal_with_its_message(model_file):
-    pytest.importorskip("llama_cpp")
+    require(importable("llama_cpp"), NO_LLAMA)
     result = probe.rehearse(model_file, True)
     assert not result.ok
     assert result.cause is not None and result.cause.startswith("exit code 1: ")
@@ -129,7 +132,8 @@ def test_a_file_llama_cpp_cannot_load_fails_the_rehearsal_with_its_message(model
 
 
 def test_model_params_turns_the_extra_buffer_types_off_only_inside(monkeypatch):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    require(importable("llama_cpp"), NO_LLAMA)
+    import llama_cpp
     import llama_cpp.llama_cpp as bindings
 
     assert bindings.llama_model_default_params().use_extra_bufts is True
@@ -142,7 +146,8 @@ def test_model_params_turns_the_extra_buffer_types_off_only_inside(monkeypatch):
 
 
 def test_the_backend_loads_with_the_chosen_setting(model_file, monkeypatch):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    require(importable("llama_cpp"), NO_LLAMA)
+    import llama_cpp
     import llama_cpp.llama_cpp as bindings
 
     seen: list[bool] = []
@@ -163,7 +168,7 @@ def test_the_backend_loads_with_the_chosen_setting(model_file, monkeypatch):
 
 
 def test_an_unloadable_model_is_a_clear_error_not_a_dead_process(model_file, monkeypatch):
-    pytest.importorskip("llama_cpp")
+    require(importable("llama_cpp"), NO_LLAMA)
     monkeypatch.setattr(lm, "_models", {})
     with pytest.raises(LocalModelError) as err:
         lm.get_llama(f"local/{model_file}")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import importable, require
 from typer.testing import CliRunner
 
 from agentkd.errors import ConfigError, InputError
@@ -353,8 +354,9 @@ def test_rollout_table_is_cached_and_resumable(pipeline: Pipeline, scripted: Any
 # --- data -----------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not DEFAULT_LOCOMO.is_file(), reason="LoCoMo not in ../shared/data")
 def test_locomo_loader_and_subset() -> None:
+    require(DEFAULT_LOCOMO.is_file(), f"LoCoMo is not at {DEFAULT_LOCOMO} (the shared data "
+                                      f"folder ../shared/data/locomo)")
     train = load_dataset("locomo", split="train")
     test = load_dataset("locomo", split="test")
     assert [s.sample_id for s in test] == ["locomo8", "locomo9"] and len(train) == 8
@@ -493,7 +495,7 @@ def test_context_exposes_embedding_price(pipeline: Pipeline) -> None:
 
 @pytest.mark.slow
 def test_real_local_models_answer_over_locomo(tmp_path: Path) -> None:
-    pytest.importorskip("llama_cpp")
+    require(importable("llama_cpp"), "needs llama-cpp-python: pip install 'agentkd[local]'")
     from agentkd import local_models
 
     local_models.register()

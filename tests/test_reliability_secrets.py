@@ -24,6 +24,7 @@ from pathlib import Path
 
 import litellm
 import pytest
+from conftest import importable, require
 from faultserver import FaultServer
 from reliability_support import (
     STUDENT,
@@ -124,7 +125,8 @@ def run_everything(log_url: str, tmp_path: Path, planted: dict[str, str],
 
 
 def dashboard_pages(log_url: str, episode_ids: list[int]) -> dict[str, str]:
-    pytest.importorskip("fastapi")
+    require(importable("fastapi"), "the dashboard pages need fastapi: pip install "
+                                   "'agentkd[dashboard]'")
     from fastapi.testclient import TestClient
 
     from agentkd.dashboard import Dashboard

