@@ -31,6 +31,7 @@ from agentkd.errors import (
     BudgetExceeded,
     ConfigError,
     InputError,
+    LocalModelError,
     StoreError,
     TeacherError,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "ExportFilters",
     "InputError",
     "KeyWeights",
+    "LocalModelError",
     "Retrieval",
     "RunSummary",
     "StoreError",
