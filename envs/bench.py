@@ -44,6 +44,9 @@ class BenchConfig:
     subset of six) instead of the first ones in sorted order, which cluster by type."""
     workers: int = 1
     demos: str | None = None
+    grow_demos: bool = False
+    """Distill: the teacher's steps of won episodes join `demos` as the run goes (one worker:
+    the store has one writer)."""
     log: str = "sqlite:///agentkd.db"
     run: str | None = None
     resume: bool = False
@@ -89,7 +92,7 @@ def _distiller(config: BenchConfig, run_id: str) -> Any:
         cascade=Cascade(**config.cascade), retrieval=Retrieval(**config.retrieval),
         budget=Budget(**config.budget),
         demos=None if _demos_written_by_parent(config) else config.demos, log=config.log,
-        run=run_id,
+        run=run_id, grow_demos=config.grow_demos,
         equivalent=same_admissible_command,
     )
 
@@ -197,6 +200,9 @@ def plan_games(config: BenchConfig, run_id: str) -> tuple[list[Path], int]:
     from agentkd.envs.alfworld import AlfWorldEnv, list_games
     from agentkd.log import TrajectoryLog
 
+    if config.grow_demos and config.workers > 1:
+        raise InputError("--grow-demos writes the store as episodes finish, and a store has "
+                         "one writer: use --workers 1")
     games = list_games(config.split, config.data)[config.offset:]
     if config.episodes is not None:
         if config.episodes < 1:

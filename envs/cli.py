@@ -107,6 +107,9 @@ def bench_alfworld(
     defer_loops: bool = typer.Option(False, help="Also defer when the student repeats an "
                                                  "action on an observation it already acted "
                                                  "on in this episode (distill)."),
+    grow_demos: bool = typer.Option(False, help="Add the teacher's steps of each won episode "
+                                                "to --demos as the run goes (distill; the "
+                                                "store is created if missing)."),
     k: int = typer.Option(6, help="Demo windows per step."),
     price: list[str] = typer.Option([], help="MODEL=IN,OUT: USD per million input / output "
                                              "tokens for a model litellm does not price "
@@ -128,7 +131,7 @@ def bench_alfworld(
         raise typer.Exit(2) from None
     config = BenchConfig(mode=mode, teacher=teacher, student=student, split=split,
                          episodes=episodes, offset=offset, stratify=stratify,
-                         workers=workers, demos=demos,
+                         workers=workers, demos=demos, grow_demos=grow_demos,
                          log=log, run=run, resume=resume, max_steps=max_steps,
                          cascade=cascade_config, retrieval={"k": k}, prices=prices)
     try:

@@ -215,7 +215,7 @@ def test_parallel_collect_fills_one_demo_store_from_the_log(log_url, tmp_path):
 
 
 def test_a_bad_config_in_parallel_workers_reports_its_cause_not_a_dead_worker(log_url):
-    config = BenchConfig(mode="distill", student=STUDENT, split="valid_seen", episodes=2,
+    config = BenchConfig(mode="icd", student=STUDENT, split="valid_seen", episodes=2,
                          workers=2, log=log_url, run="no-demos")
     with pytest.raises(agentkd.InputError, match="retrieves demos"):
         run_bench(config)

@@ -31,6 +31,8 @@ def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
     (["--mode", "teacher", "--max-steps", "0"], "--max-steps must be >= 1"),
     (["--mode", "teacher", "--split", "valid_nowhere"], "unknown ALFWorld split"),
     (["--mode", "teacher", "--price", "openai/qwen=1"], "MODEL=IN,OUT"),
+    (["--mode", "distill", "--student", "scripted/student", "--grow-demos", "--workers", "2",
+      "--demos", "{tmp}/grown"], "one writer: use --workers 1"),
 ])
 def test_a_configuration_error_comes_before_any_progress(args: list[str], message: str,
                                                          terminal: io.StringIO,
