@@ -163,13 +163,21 @@ def test_collect_then_distill_on_real_games(scripted, log_url, tmp_path):
     distill_run, outcomes = run_bench(BenchConfig(mode="distill", split="valid_seen", episodes=1,
                                                   student=STUDENT, **common))
     assert all(o.success and o.teacher_steps == 0 for o in outcomes), outcomes
+    # The baseline: the same teacher alone on the same game.
+    teacher_run, _ = run_bench(BenchConfig(mode="teacher", split="valid_seen", episodes=1,
+                                           log=log_url, max_steps=40))
 
     log = agentkd.TrajectoryLog(log_url)
     summaries = {s.mode: s for s in agentkd.run_summaries(log)}
     assert summaries["collect"].label == "priced oracle teacher"
     assert summaries["distill"].teacher_call_rate == 0.0
-    assert 0 < summaries["distill"].relative_cost < 1
-    assert summaries["distill"].break_even_episodes is not None
+    (teacher_episode,) = log.episodes(teacher_run)
+    (distill_episode,) = log.episodes(distill_run)
+    collect_cost = sum(e.cost_usd for e in log.episodes(collect_run))
+    assert summaries["distill"].relative_cost == pytest.approx(
+        distill_episode.cost_usd / teacher_episode.cost_usd)
+    assert summaries["distill"].break_even_episodes == pytest.approx(
+        collect_cost / (teacher_episode.cost_usd - distill_episode.cost_usd))
     (episode,) = log.episodes(distill_run)
     steps = log.steps(episode.id)
     assert all(s.verdict == "student" and s.demo_block for s in steps)
