@@ -39,7 +39,7 @@ def report(
     from agentkd.report import run_summaries, summary_table
 
     try:
-        summaries = run_summaries(TrajectoryLog(log), run_ids=run or None)
+        summaries = run_summaries(TrajectoryLog(log, create=False), run_ids=run or None)
         if html is not None:
             from agentkd.dashboard import write_report
 
@@ -120,6 +120,7 @@ def export(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from agentkd.export import ExportFilters, export_dataset
+    from agentkd.log import TrajectoryLog
 
     try:
         filters = ExportFilters(success_only=not include_failed, source=source,  # type: ignore[arg-type]
@@ -130,10 +131,11 @@ def export(
         fail(f"bad export option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
         return
     try:
+        trajectories = TrajectoryLog(log, create=False)
         with Progress(TextColumn("export"), BarColumn(), MofNCompleteColumn(),
                       console=console) as progress:
             task = progress.add_task("export", total=None)
-            card = export_dataset(log, run, out, fmt=fmt, filters=filters,  # type: ignore[arg-type]
+            card = export_dataset(trajectories, run, out, fmt=fmt, filters=filters,  # type: ignore[arg-type]
                                   on_episode=lambda: progress.advance(task))
     except AgentKDError as exc:
         fail(str(exc))
@@ -253,8 +255,9 @@ def demos_build(
     from agentkd.retrieval import DemoStore, demos_from_log
 
     try:
+        trajectories = TrajectoryLog(log, create=False)  # before the store: a typo creates nothing
         with DemoStore.open(out, embedding_model=embedding_model, create=True) as store:
-            added = demos_from_log(TrajectoryLog(log), run, store, include_failed=include_failed)
+            added = demos_from_log(trajectories, run, store, include_failed=include_failed)
             console.print(f"added {added} episodes; store now holds {len(store)} steps at {out}")
     except AgentKDError as exc:
         fail(str(exc))

@@ -20,6 +20,11 @@ class ConfigError(AgentKDError, ValueError):
     """A configuration value is missing, out of range or inconsistent."""
 
 
+class MissingLogError(ConfigError):
+    """A command that only reads the log was pointed at a database that holds none: a
+    SQLite file that does not exist, or a database without agentkd's tables."""
+
+
 class InputError(AgentKDError, ValueError):
     """Input handed to agentkd (messages, files, stores) has the wrong shape."""
 

@@ -40,12 +40,19 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import NullPool
 
 from agentkd.episode import messages_hash
-from agentkd.errors import ConfigError
+from agentkd.errors import ConfigError, MissingLogError
 from agentkd.secrets import scrub, scrub_value
 
 
@@ -213,8 +220,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url` (any SQLAlchemy URL); SQLite files get WAL and a busy timeout."""
+def _parse(url: str) -> URL:
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -222,22 +228,69 @@ def make_engine(url: str) -> Engine:
             f"log must be a SQLAlchemy URL such as 'sqlite:///agentkd.db' or "
             f"'postgresql+psycopg://user@host/db', got {scrub(url)!r}"
         ) from None
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _sqlite_file(parsed: URL) -> str | None:
+    """The path of the file a SQLite URL names (None: in memory, or a `file:` URI)."""
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:"):
+        return None
+    return database
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url` (any SQLAlchemy URL); SQLite files get WAL and a busy timeout."""
+    parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        file = _sqlite_file(parsed)
+        if file is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
         engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
     return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-class TrajectoryLog:
-    """Writer and reader of the SQL log at `url`."""
+def require_log(url: str) -> None:
+    """Raise `MissingLogError` unless `url` holds an agentkd log (its `runs` table).
 
-    def __init__(self, url: str = "sqlite:///agentkd.db") -> None:
+    Creates nothing and changes nothing: SQLite would create a missing file on connect, and
+    the log's WAL pragma would convert a foreign database, so neither is reached.
+    """
+    parsed = _parse(url)
+    shown = scrub(parsed.render_as_string(hide_password=True))
+    file = _sqlite_file(parsed)
+    if file is not None and not os.path.isfile(file):
+        raise MissingLogError(f"no agentkd log at {shown}: there is no file "
+                              f"{os.path.abspath(file)}; check the log's path (--log)")
+    probe = create_engine(parsed, poolclass=NullPool)
+    try:
+        found = inspect(probe).has_table(Run.__tablename__)
+    except DatabaseError as exc:  # unreachable server, a file that is not SQLite, ...
+        raise ConfigError(f"cannot open the log at {shown}: {scrub(str(exc.orig))}") from None
+    finally:
+        probe.dispose()
+    if not found:
+        raise MissingLogError(
+            f"no agentkd log at {shown}: the database has no agentkd tables (no "
+            f"{Run.__tablename__!r} table); check the log's URL (--log)")
+
+
+class TrajectoryLog:
+    """Writer and reader of the SQL log at `url`.
+
+    With `create=False` (what commands that only read the log use) the log must already
+    exist (see `require_log`), where a writer would start an empty one.
+    """
+
+    def __init__(self, url: str = "sqlite:///agentkd.db", *, create: bool = True) -> None:
         self.url = url
+        if not create:
+            require_log(url)
         self.engine = make_engine(url)
         self._lock = threading.Lock()
         self._is_sqlite = self.engine.dialect.name == "sqlite"

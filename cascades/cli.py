@@ -75,9 +75,9 @@ def calibrate(
 
     try:
         with console.status("fitting acceptance rules on the labelled steps …"):
-            result = calibrate_log(TrajectoryLog(log), run, target_accuracy=target_accuracy,
-                                   confidence=confidence, bootstrap=bootstrap, seed=seed,
-                                   require=False)
+            result = calibrate_log(TrajectoryLog(log, create=False), run,
+                                   target_accuracy=target_accuracy, confidence=confidence,
+                                   bootstrap=bootstrap, seed=seed, require=False)
         # The curve is worth seeing even when no rule qualifies: it shows how far off it is.
         png = plot_curve(result, plot or out.with_suffix(".png"))
         if result.chosen is not None:

@@ -572,7 +572,7 @@ def test_cli_report_html_and_dashboard(seeded: Seeded, tmp_path: Path,
     assert result.exit_code == 0 and served["token"] is None and served["port"] == 8765
     monkeypatch.undo()  # the real server: it must refuse a log that does not exist
     result = CliRunner().invoke(app, ["dashboard", "--log", f"sqlite:///{tmp_path}/none.db"])
-    assert result.exit_code == 2 and "no log" in result.output
+    assert result.exit_code == 2 and "no agentkd log at" in result.output
 
 
 # ---- the browser -----------------------------------------------------------------------

@@ -180,18 +180,6 @@ def _ratio(num: float | int | None, den: float | int | None) -> float | None:
     return float(num) / float(den) if num is not None and den else None
 
 
-def _check_exists(url: str) -> None:
-    """A SQLite log must exist: opening a mistyped path would create an empty log instead."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return  # TrajectoryLog reports malformed URLs
-    database = parsed.database
-    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:" \
-            and not database.startswith("file:") and not os.path.exists(database):
-        raise ConfigError(f"no log at {database!r}: point --log at an existing agentkd log")
-
-
 def default_cache(url: str) -> Path:
     """Where `agentkd dashboard` keeps the aggregates of the log at `url` between starts."""
     try:
@@ -239,9 +227,8 @@ class Dashboard:
 
     def __init__(self, log: str | TrajectoryLog, *, refresh_interval_s: float = 1.0,
                  lag_s: float | None = None, cache: str | Path | None = None) -> None:
-        if isinstance(log, str):
-            _check_exists(log)
-        self.log = log if isinstance(log, TrajectoryLog) else TrajectoryLog(log)
+        # The dashboard only reads: a mistyped path must not start an empty log.
+        self.log = log if isinstance(log, TrajectoryLog) else TrajectoryLog(log, create=False)
         self.engine = self.log.engine
         self.dialect = self.engine.dialect.name
         self.rollup = Rollup(self.engine, lag_s=lag_s, cache=cache)
