@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from agentkd import __version__
 from agentkd.errors import AgentKDError
 
 app = typer.Typer(help="agentkd: cheaper LLM agents through in-context distillation.",
@@ -24,6 +25,20 @@ console = Console()
 def fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(2)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"agentkd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print agentkd's version and exit."),
+) -> None:
+    """agentkd: cheaper LLM agents through in-context distillation."""
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""Commands that only read the log refuse a log that is not there, and create nothing.
+"""Commands that only read the log refuse a log that is not there, and create nothing; and
+`agentkd --version`.
 
 A mistyped `--log sqlite:///typo.db` used to create an empty database (and its folders) and
 report an empty table with exit code 0.
@@ -131,3 +132,8 @@ def test_a_postgres_database_without_agentkd_tables_is_refused():
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         engine.dispose()
 
+
+def test_version_prints_the_version():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"agentkd {agentkd.__version__}\n"
