@@ -84,7 +84,9 @@ def _print_report(log: str, run_ids: list[str], as_json: bool = False) -> None:
 def bench_alfworld(
     mode: str = typer.Option("distill", help=f"One of: {', '.join(MODES)}."),
     split: str = typer.Option("valid_seen", help="train, valid_seen, valid_unseen, valid_train."),
-    teacher: str = typer.Option("alfworld/expert", help="litellm model string of the teacher."),
+    teacher: str = typer.Option("alfworld/expert", help=(
+        "litellm model string of the teacher: alfworld/expert (handcoded), alfworld/rescue "
+        "(acts from any state), alfworld/planner (full-state oracle), or an LLM.")),
     student: str = typer.Option(DEFAULT_STUDENT, help="litellm model string of the student."),
     episodes: int = typer.Option(None, help="Play only N games of the split (the first N, or "
                                             "N spread over task types with --stratify)."),

@@ -81,6 +81,8 @@ class Belief:
     receptacles: list[str]
     location: str | None = None
     holding: str | None = None
+    taken_from: str | None = None
+    """Where the object in hand was picked up (it can always go back there)."""
     contents: dict[str, set[str]] = field(default_factory=dict)
     """Receptacles seen inside, with what was there (kept up to date by the agent's own moves:
     nothing else moves objects)."""
@@ -119,7 +121,7 @@ def read_history(intro: str, history: Iterable[tuple[str, str]]) -> Belief:
             belief.opened.discard(rest)
         elif verb == "take":
             obj, _, recep = rest.partition(" from ")
-            belief.holding = obj
+            belief.holding, belief.taken_from = obj, recep
             belief.contents.get(recep, set()).discard(obj)
         elif verb == "move":
             obj, _, recep = rest.partition(" to ")
@@ -179,9 +181,13 @@ class RescueExpert:
         task = self.task
         held = b.holding
         if held is not None and kind(held) != task.target:
-            # A wrong object in hand (a student's pick-up): put it down where the agent stands.
-            here = b.location or ""
-            return self._at(here, f"move {held} to {here}", admissible)
+            # A wrong object in hand (a student's pick-up): put it down here, or where it came
+            # from if it cannot go here (a toaster holds no soap bottle).
+            here = f"move {held} to {b.location}"
+            if here in admissible:
+                return here
+            origin = b.taken_from or ""
+            return self._at(origin, f"move {held} to {origin}", admissible)
         if held is not None:
             treatment = TREATMENTS.get(task.task_type)
             if treatment and held not in b.treated.get(treatment[0], set()):
