@@ -3,7 +3,8 @@
 With ``grow_demos`` every won episode adds the teacher's steps to the store, so later
 episodes should retrieve better demos and defer less. This module owns the per-episode series
 (in the order episodes were served) and its running means, read from the log in one query,
-and the PNG that `benchmarks/cascade.py` writes from them.
+the PNG that `benchmarks/cascade.py` writes from them, and the thinning the dashboard's cascade
+page applies to long runs.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from agentkd.log import Episode, TrajectoryLog
 from agentkd.report import FINISHED
 
-__all__ = ["CurvePoint", "learning_curve", "plot_learning_curves"]
+__all__ = ["CurvePoint", "downsample", "learning_curve", "learning_curves", "plot_learning_curves"]
 
 
 @dataclass(frozen=True)
@@ -37,26 +38,54 @@ class CurvePoint:
 
 def learning_curve(log: TrajectoryLog, run_id: str, window: int = 10) -> list[CurvePoint]:
     """The finished episodes of `run_id` in serving order, with running means over `window`."""
+    return learning_curves(log, [run_id], window).get(run_id, [])
+
+
+def learning_curves(log: TrajectoryLog, run_ids: Sequence[str], window: int = 10, *,
+                    where: ColumnElement[bool] | None = None) -> dict[str, list[CurvePoint]]:
+    """`learning_curve` of several runs in one query (runs without finished episodes left out).
+
+    `where` narrows the episodes read (the dashboard's task-type and date filters); episodes
+    are then numbered and averaged within what it keeps.
+    """
     if window < 1:
         raise ValueError("window must be >= 1")
+    if not run_ids:
+        return {}
+    query = (select(Episode.run_id, Episode.task_id, Episode.success, Episode.n_steps,
+                    Episode.teacher_steps, Episode.cost_usd)
+             .where(Episode.run_id.in_(list(run_ids)), Episode.status.in_(FINISHED)))
+    if where is not None:
+        query = query.where(where)
     with log.session() as s:
-        rows = s.execute(
-            select(Episode.task_id, Episode.success, Episode.n_steps, Episode.teacher_steps,
-                   Episode.cost_usd)
-            .where(Episode.run_id == run_id, Episode.status.in_(FINISHED))
-            .order_by(Episode.finished_at, Episode.id)).all()
-    points: list[CurvePoint] = []
-    for served, (task_id, success, steps, teacher_steps, cost) in enumerate(rows, start=1):
-        recent = [*points[-(window - 1):]] if window > 1 else []
+        rows = s.execute(query.order_by(Episode.run_id, Episode.finished_at, Episode.id)).all()
+    curves: dict[str, list[CurvePoint]] = {}
+    for run_id, task_id, success, steps, teacher_steps, cost in rows:
+        points = curves.setdefault(run_id, [])
+        recent = points[-(window - 1):] if window > 1 and points else []
         rate = teacher_steps / steps if steps else 0.0
         rates = [p.teacher_call_rate for p in recent] + [rate]
         costs = [p.cost_usd for p in recent] + [float(cost)]
         points.append(CurvePoint(
-            served=served, task_id=task_id, success=bool(success), steps=int(steps),
+            served=len(points) + 1, task_id=task_id, success=bool(success), steps=int(steps),
             teacher_steps=int(teacher_steps), cost_usd=float(cost), teacher_call_rate=rate,
             mean_teacher_call_rate=sum(rates) / len(rates),
             mean_cost_usd=sum(costs) / len(costs)))
-    return points
+    return {run_id: curves[run_id] for run_id in run_ids if run_id in curves}
+
+
+def downsample(points: Sequence[CurvePoint], max_points: int) -> list[CurvePoint]:
+    """At most `max_points` of `points`, evenly spaced by serving order, first and last kept.
+
+    The running means are those computed over every episode; only the points shown thin out.
+    """
+    if max_points < 2:
+        raise ValueError("max_points must be >= 2")
+    n = len(points)
+    if n <= max_points:
+        return list(points)
+    keep = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
+    return [points[i] for i in keep]
 
 
 def plot_learning_curves(curves: dict[str, Sequence[CurvePoint]], out: Path, *,

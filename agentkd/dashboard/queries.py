@@ -50,6 +50,7 @@ from agentkd.dashboard.rollup import (
     steps_by_idx,
 )
 from agentkd.errors import ConfigError
+from agentkd.learning import downsample, learning_curves
 from agentkd.log import Episode, LLMCall, Run, Step, TrajectoryLog
 from agentkd.report import RunSummary, run_summaries, teacher_name
 
@@ -59,6 +60,10 @@ LABEL_COLUMNS = ("teacher_label", "teacher_action")
 """A steps column holding the teacher's action for a step, if the log has one (checked in order)."""
 
 PAGE_SIZE = 50
+CURVE_WINDOW = 10
+"""Episodes each point of the cascade page's learning curves averages over."""
+CURVE_MAX_POINTS = 2000
+"""A run with more finished episodes has its learning curves thinned to this many points."""
 
 # ---- plain data --------------------------------------------------------------------------
 
@@ -517,7 +522,43 @@ class Dashboard:
             "layout": {"xaxis": {"type": "category", "title": {"text": "step index"}},
                        "yaxis": {"tickformat": ".0%"}},
         }))
+        self._curve_charts(page, f, run_ids)
         return page
+
+    def _curve_charts(self, page: Page, f: Filters, run_ids: Sequence[str] | None) -> None:
+        """Teacher-call rate and cost per episode against episodes served, a line per run."""
+        modes = {r["id"]: r["mode"] for r in self.runs()}
+        ids = list(modes) if run_ids is None else list(run_ids)
+        curves = learning_curves(self.log, ids, CURVE_WINDOW,
+                                 where=self._episode_where(f, None) if f.narrows_episodes
+                                 else None)
+        thinned = {run: len(points) for run, points in curves.items()
+                   if len(points) > CURVE_MAX_POINTS}
+        if thinned:
+            page.notes.append(
+                f"Learning curves thinned to {CURVE_MAX_POINTS:,} evenly spaced points for "
+                + ", ".join(f"{run} ({n:,} episodes)" for run, n in thinned.items())
+                + f"; each point is still the mean of the last {CURVE_WINDOW} episodes.")
+        shown = {run: downsample(points, CURVE_MAX_POINTS) for run, points in curves.items()}
+
+        def lines(value: str, hover: str) -> list[dict[str, Any]]:
+            return [{"type": "scatter", "mode": "lines", "name": f"{run} ({modes.get(run)})",
+                     "x": [p.served for p in points], "y": [getattr(p, value) for p in points],
+                     "hovertemplate": "episode %{x}: " + hover}
+                    for run, points in shown.items()]
+
+        served = {"title": {"text": "episodes served"}}
+        page.charts.append(Chart("teacher_rate_curve", "Teacher calls as the run goes", {
+            "data": lines("mean_teacher_call_rate", "%{y:.1%}"),
+            "layout": {"xaxis": served, "yaxis": {
+                "title": {"text": f"teacher-call rate (mean of last {CURVE_WINDOW})"},
+                "tickformat": ".0%", "range": [-0.03, 1.05]}},
+        }))
+        page.charts.append(Chart("cost_curve", "Cost per episode as the run goes", {
+            "data": lines("mean_cost_usd", "$%{y:.5f}"),
+            "layout": {"xaxis": served, "yaxis": {
+                "title": {"text": f"USD per episode (mean of last {CURVE_WINDOW})"}}},
+        }))
 
     def _label_accuracy(self, f: Filters) -> DataTable | None:
         if self.label_column is None:
