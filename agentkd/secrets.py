@@ -16,11 +16,12 @@ from typing import Any
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 # Well-known key shapes (OpenAI, Anthropic, Google, AWS, HF, bearer headers, URL passwords).
+# A key prefix starts a word: agent content is scrubbed too, and "desk-lamp_12345" is no key.
 _SECRET_SHAPES = [
-    re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"AIza[0-9A-Za-z_\-]{20,}"),
-    re.compile(r"AKIA[0-9A-Z]{12,}"),
-    re.compile(r"hf_[A-Za-z0-9]{20,}"),
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}"),
+    re.compile(r"\bAKIA[0-9A-Z]{12,}"),
+    re.compile(r"\bhf_[A-Za-z0-9]{20,}"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
     # HTTP basic auth (base64 of user:password), e.g. echoed by a provider's error page
     re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?basic\s+)[A-Za-z0-9+/]{6,}=*"),

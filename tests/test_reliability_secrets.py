@@ -220,6 +220,15 @@ def test_scrub_covers_both_header_kwargs():
     litellm.suppress_debug_info = True
 
 
+def test_scrub_takes_key_shapes_but_not_words_that_contain_a_prefix():
+    from agentkd.secrets import scrub
+
+    text = ("You see a desk-lamp_12345 and a bookshelf_0123456789abcdefghijk. "
+            "OPENAI_API_KEY=sk-proj-abcdefgh12 (sk-abcdefgh12), hf_0123456789abcdefghijk")
+    assert scrub(text) == ("You see a desk-lamp_12345 and a bookshelf_0123456789abcdefghijk. "
+                           "OPENAI_API_KEY=[REDACTED] ([REDACTED]), [REDACTED]")
+
+
 def test_demo_store_holds_no_secret(tmp_path, monkeypatch):
     # Keys pasted into a demo's own texts (an environment key with no well-known shape, and
     # one agentkd registered) are scrubbed before they are embedded or stored.
