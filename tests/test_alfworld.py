@@ -138,14 +138,17 @@ def test_closest_admissible_maps_typos_and_rejects_nonsense():
 
 
 def test_expert_outside_an_episode_is_a_clear_error(log_url):
+    from agentkd.envs.alfworld import current_game
+
     expert.register()
-    kd = agentkd.Distiller(teacher=expert.EXPERT_MODEL, mode="teacher", log=log_url)
-    token = current_expert_action.set(None)
+    token = current_game.set(None)  # earlier tests in this thread played games
     try:
-        with pytest.raises(agentkd.TeacherError, match="inside an ALFWorld episode"):
-            kd.completion(messages=[{"role": "user", "content": "go"}])
+        for model in expert.MODELS:
+            kd = agentkd.Distiller(teacher=model, mode="teacher", log=log_url)
+            with pytest.raises(agentkd.TeacherError, match="inside an ALFWorld episode"):
+                kd.completion(messages=[{"role": "user", "content": "go"}])
     finally:
-        current_expert_action.reset(token)
+        current_game.reset(token)
 
 
 def _expert_like_student(messages, n):
