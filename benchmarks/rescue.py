@@ -96,6 +96,7 @@ def print_table(table: dict[str, dict[str, dict[str, float | int]]], ks: list[in
 
 
 def main() -> None:
+    command = " ".join(["python", *sys.argv])  # before fast-downward's translator rewrites it
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", default="valid_seen")
     parser.add_argument("--games", type=int, default=None, help="default: the whole split")
@@ -159,7 +160,7 @@ def main() -> None:
         args.out.write_text(json.dumps({
             "split": args.split, "student": args.student, "max_steps": args.max_steps,
             "ks": ks, "games_done": len(selected), "rates": table, "games": results,
-            "command": " ".join(["python", *sys.argv])}, indent=1))
+            "command": command}, indent=1))
     print_table(rates({g: results[g] for g in selected}, teachers, ks), ks,
                 f"Rescue rate on {len(selected)} {args.split} games (student {args.student})")
 
