@@ -76,11 +76,9 @@ def extra_bufts_setting() -> str:
 
 def probe_dir() -> Path:
     """Where verdicts are remembered: ``$AGENTKD_CACHE/probes`` or ``~/.cache/agentkd/probes``."""
-    root = os.environ.get("AGENTKD_CACHE")
-    if root:
-        return Path(root).expanduser() / "probes"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "agentkd" / "probes"
+    from agentkd.local_models import cache_dir  # it imports this module at its top
+
+    return cache_dir().parent / "probes"
 
 
 def _cpu_identity() -> str:

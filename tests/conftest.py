@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -97,3 +97,30 @@ def scripted() -> ScriptedLLM:
 @pytest.fixture
 def log_url(tmp_path: Any) -> str:
     return f"sqlite:///{tmp_path / 'log.db'}"
+
+
+def grown_distill_run(scripted: ScriptedLLM, log_url: str, demos: Any, run: str,
+                      tasks: Sequence[tuple[str, str | None]]) -> agentkd.Distiller:
+    """A distill run `run` with `grow_demos` over the scripted provider, one two-step episode
+    per (task id, task type), all won. The student splits on every observation until the
+    store holds a demo, then agrees: the teacher-call rate goes 1.0, 0.0, 0.0, ..."""
+
+    def student(messages: list[dict[str, Any]], n: int) -> list[str]:
+        if "Expert examples" in str(messages):
+            return ["Action: go to desk 1"] * n
+        return ["Action: go to desk 1", "Action: look", "Action: inventory"][:n]
+
+    scripted.scripts["scripted/student"] = student
+    scripted.scripts["scripted/teacher"] = lambda messages, n: ["Action: go to desk 1"] * n
+    kd = agentkd.Distiller(teacher="scripted/teacher", student="scripted/student",
+                           mode="distill", log=log_url, demos=demos, grow_demos=True, run=run,
+                           cascade={"sampling": "n"})
+    for task, task_type in tasks:
+        messages = [{"role": "user", "content": f"Your task is to: reach desk {task}"}]
+        with kd.episode_scope(task_id=task, goal=f"reach desk {task}",
+                              task_type=task_type) as ep:
+            for observation in ("You see a desk 1.", "You see a drawer 1."):
+                messages = [*messages, {"role": "user", "content": observation}]
+                kd.completion(messages=messages)
+            ep.finish(success=True)
+    return kd

@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import importable, require
+from conftest import grown_distill_run, importable, require
 
 import agentkd
 from agentkd.learning import CurvePoint, downsample, learning_curve, learning_curves
@@ -28,24 +28,7 @@ def log(scripted: Any, log_url: str, tmp_path: Any) -> agentkd.TrajectoryLog:
     """distill run `curve` (teacher-call rate 1.0, 0.0, 0.0 as its store grows), plus a
     teacher-only run `oracle` of two episodes that the page leaves out unless asked."""
 
-    def student(messages: Any, n: int) -> list[str]:
-        if "Expert examples" in str(messages):
-            return ["Action: go to desk 1"] * n
-        return ["Action: go to desk 1", "Action: look", "Action: inventory"][:n]
-
-    scripted.scripts[STUDENT] = student
-    scripted.scripts[TEACHER] = lambda messages, n: ["Action: go to desk 1"] * n
-    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
-                           demos=tmp_path / "grown", grow_demos=True, run="curve",
-                           cascade={"sampling": "n"})
-    for task, task_type in TASKS:
-        messages = [{"role": "user", "content": f"Your task is to: reach desk {task}"}]
-        with kd.episode_scope(task_id=task, goal=f"reach desk {task}",
-                              task_type=task_type) as ep:
-            for observation in ("You see a desk 1.", "You see a drawer 1."):
-                messages = [*messages, {"role": "user", "content": observation}]
-                kd.completion(messages=messages)
-            ep.finish(success=True)
+    kd = grown_distill_run(scripted, log_url, tmp_path / "grown", "curve", TASKS)
     kd.log.ensure_run("oracle", mode="teacher", teacher=TEACHER, student=None)
     for task in ("a", "b"):
         episode = kd.log.start_episode("oracle", task)

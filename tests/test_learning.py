@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from conftest import grown_distill_run
 
 import agentkd
 from agentkd.learning import learning_curve, plot_learning_curves
 
-TEACHER, STUDENT = "scripted/teacher", "scripted/student"
-
 
 def test_the_curve_follows_the_teacher_calls_a_growing_store_saves(scripted, log_url,
                                                                    tmp_path):
-    # The student splits on every observation until the store holds a demo, then agrees.
-    def student(messages, n):
-        if "Expert examples" in str(messages):
-            return ["Action: go to desk 1"] * n
-        return ["Action: go to desk 1", "Action: look", "Action: inventory"][:n]
-
-    scripted.scripts[STUDENT] = student
-    scripted.scripts[TEACHER] = lambda messages, n: ["Action: go to desk 1"] * n
-    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
-                           demos=tmp_path / "grown", grow_demos=True, run="curve",
-                           cascade={"sampling": "n"})
-    for task in ("a", "b", "c"):
-        messages = [{"role": "user", "content": f"Your task is to: reach desk {task}"}]
-        with kd.episode_scope(task_id=task, goal=f"reach desk {task}") as ep:
-            for observation in ("You see a desk 1.", "You see a drawer 1."):
-                messages = [*messages, {"role": "user", "content": observation}]
-                kd.completion(messages=messages)
-            ep.finish(success=True)
+    kd = grown_distill_run(scripted, log_url, tmp_path / "grown", "curve",
+                           [("a", None), ("b", None), ("c", None)])
 
     curve = learning_curve(kd.log, "curve", window=2)
     assert [(p.served, p.task_id, p.teacher_steps, p.steps) for p in curve] == [
