@@ -142,10 +142,11 @@ def main() -> None:
             os.environ["AGENTKD_LOCAL_N_THREADS"] = str(threads)
         else:
             os.environ.pop("AGENTKD_LOCAL_N_THREADS", None)
-        for setting in args.extra_bufts:
-            os.environ[llama_probe.ENV_VAR] = setting
-            for name in args.models:
-                model = f"local/{name.removeprefix('local/')}"
+        # Settings back to back per model: on a busy machine the load drifts between them.
+        for name in args.models:
+            model = f"local/{name.removeprefix('local/')}"
+            for setting in args.extra_bufts:
+                os.environ[llama_probe.ENV_VAR] = setting
                 if setting == "on" and not _survives_extra_bufts(model):
                     print(f"skipped {model} with extra buffer types on: it crashes this CPU")
                     continue
