@@ -10,7 +10,8 @@ Arms, all on the same stratified valid_seen games, in one log under --workdir:
     python benchmarks/cascade.py --teacher alfworld/rescue --student local/qwen2.5-coder-0.5b \
         --games 24 --max-steps 30 [--arms teacher,cold,store] [--defer-loops]
 
-Resumable: rerun with the same --workdir and every arm continues where it stopped. Prints the
+Resumable: rerun with the same --workdir and every arm continues where it stopped
+(``--report-only`` reports what the log holds without playing). Prints the
 report (success with its 95% interval; relative cost only where success is within the
 teacher's interval) and writes benchmarks/results/cascade.json and cascade_learning_curve.png
 (teacher-call rate and cost per episode against episodes served).
@@ -55,6 +56,9 @@ def main() -> None:
     parser.add_argument("--defer-loops", action="store_true")
     parser.add_argument("--window", type=int, default=6, help="running-mean window of the curve")
     parser.add_argument("--out", type=Path, default=RESULTS / "cascade.json")
+    parser.add_argument("--report-only", action="store_true",
+                        help="play nothing: write the JSON, PNG and table from the log as it is "
+                             "(e.g. of a run stopped part-way)")
     args = parser.parse_args()
     arms = args.arms.split(",")
     unknown = set(arms) - {"teacher", "cold", "store"}
@@ -76,18 +80,24 @@ def main() -> None:
                              max_steps=args.max_steps, run="cascade-store",
                              demos=str(args.workdir / "collected"), **common),
     }
-    if "store" in arms:  # its demos first: the same teacher on train games
+    if args.report_only:
+        arms_to_play: list[str] = []
+    else:
+        arms_to_play = arms
+    if "store" in arms_to_play:  # its demos first: the same teacher on train games
         run_with_progress(BenchConfig(mode="collect", split="train", episodes=args.train_games,
                                       max_steps=50, run="cascade-collect",
                                       demos=str(args.workdir / "collected"), **common),
                           "collect train")
     timings: dict[str, float] = {}
-    for arm in arms:
+    for arm in arms_to_play:
         start = time.perf_counter()
         run_with_progress(plans[arm], f"{arm:8s} valid_seen")
         timings[arm] = time.perf_counter() - start
         write(args, log, arms, timings)
 
+    if args.report_only:
+        write(args, log, arms, timings)
     summaries = run_summaries(TrajectoryLog(log), run_ids=[plans[a].run or a for a in arms])
     console = Console()
     console.print(summary_table(summaries, title=f"cascade: {args.student} with "
