@@ -21,7 +21,7 @@ import tenacity
 from litellm.utils import _should_retry, calculate_retry_after
 
 from agentkd.cascades.signals import TokenLogprobs, choice_token_logprobs
-from agentkd.costs import call_cost
+from agentkd.costs import NOTHING, Priced, price_response
 from agentkd.log import CallRecord
 from agentkd.secrets import register_secret, scrub
 
@@ -155,14 +155,12 @@ def complete(model: str, messages: list[dict[str, Any]], *, role: str, retries: 
     kwargs = {k: v for k, v in kwargs.items() if k not in ("num_retries", "max_retries")}
     n = int(kwargs.get("n") or 1)
     record = CallRecord(role=role, model=model, provider=provider_of(model), n=n)
-    spent = [0, 0]  # prompt / completion tokens over all attempts (empty answers are billed)
+    spent: list[Priced] = [NOTHING]  # over all attempts (empty answers are billed)
 
     def attempt() -> Any:
         response = raw_completion(model=model, messages=messages, num_retries=0,
                                   max_retries=0, **kwargs)
-        usage = getattr(response, "usage", None)
-        spent[0] += int(getattr(usage, "prompt_tokens", 0) or 0)
-        spent[1] += int(getattr(usage, "completion_tokens", 0) or 0)
+        spent[0] += price_response(model, response)
         if not response.choices:
             raise EmptyResponse("the provider returned no choices")
         return response
@@ -179,9 +177,18 @@ def complete(model: str, messages: list[dict[str, Any]], *, role: str, retries: 
         tried = f" after {attempts} attempts" if attempts > 1 else ""
         record.error = scrub(f"{type(exc).__name__}{tried}: {exc}")[:2000]
     record.latency_ms = (time.perf_counter() - start) * 1000
-    record.prompt_tokens, record.completion_tokens = spent
-    record.cost_usd = call_cost(model, record.prompt_tokens, record.completion_tokens)
+    _fill(record, spent[0])
     return CallResult(response, record)
+
+
+def _fill(record: CallRecord, priced: Priced) -> None:
+    """Write a call's billed tokens and costs into its record."""
+    usage = priced.usage
+    record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    record.cached_tokens, record.cache_write_tokens = usage.cached_tokens, usage.cache_write_tokens
+    record.reasoning_tokens = usage.reasoning_tokens
+    record.cost_usd, record.uncached_cost_usd = priced.cost_usd, priced.uncached_cost_usd
+    record.provider_cost_usd = usage.provider_cost
 
 
 def sample(model: str, messages: list[dict[str, Any]], *, n: int, temperature: float,

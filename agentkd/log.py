@@ -171,6 +171,16 @@ class LLMCall(Base):
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(_Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Added with prompt-cache accounting; nullable so older logs still open (None: not
+    # recorded). `cached_tokens` / `cache_write_tokens`: prompt tokens read from / written
+    # to the provider's prompt cache (part of `prompt_tokens`); `reasoning_tokens`: part of
+    # `completion_tokens`; `uncached_cost_usd`: the call at the input price for every prompt
+    # token; `provider_cost_usd`: the cost the provider stated, when it did.
+    cached_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cache_write_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    uncached_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    provider_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 @dataclass
@@ -186,6 +196,12 @@ class CallRecord:
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     error: str | None = None
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    uncached_cost_usd: float | None = None
+    """None: the same as `cost_usd` (no cache credit recorded)."""
+    provider_cost_usd: float | None = None
 
 
 @dataclass
@@ -444,7 +460,10 @@ class TrajectoryLog:
              "model": c.model, "provider": c.provider, "n": c.n,
              "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
              "cost_usd": c.cost_usd, "latency_ms": c.latency_ms,
-             "error": scrub(c.error) if c.error else None, "created_at": now}
+             "error": scrub(c.error) if c.error else None, "created_at": now,
+             "cached_tokens": c.cached_tokens, "cache_write_tokens": c.cache_write_tokens,
+             "reasoning_tokens": c.reasoning_tokens, "uncached_cost_usd": c.uncached_cost_usd,
+             "provider_cost_usd": c.provider_cost_usd}
             for c in calls
         ])
 
@@ -455,13 +474,15 @@ class TrajectoryLog:
         self.update_episode(episode_id, status=status, success=success, reward=reward,
                             error=error or None, info=info or {}, finished_at=utcnow())
 
-    def mark_interrupted(self, run_id: str) -> int:
-        """Mark episodes of `run_id` still 'running' (their worker died) as interrupted."""
+    def mark_interrupted(self, run_id: str, task_id: str | None = None) -> int:
+        """Mark episodes of `run_id` still 'running' (their worker died) as interrupted; with
+        `task_id` only that task's (one lost worker, while the others play on)."""
+        match = [Episode.run_id == run_id, Episode.status == "running"]
+        if task_id is not None:
+            match.append(Episode.task_id == task_id)
         with self.engine.begin() as conn:
             result = conn.execute(
-                update(Episode)
-                .where(Episode.run_id == run_id, Episode.status == "running")
-                .values(status="interrupted", finished_at=utcnow())
+                update(Episode).where(*match).values(status="interrupted", finished_at=utcnow())
             )
             return int(result.rowcount or 0)
 
