@@ -24,7 +24,10 @@ default ``~/.cache/agentkd/models``), ``AGENTKD_LOCAL_N_CTX`` (context length, d
 AMX CPUs; auto rehearses the first load in a child process, see `agentkd.llama_probe`).
 
 Each response carries llama.cpp's per-sample counters as a list of `SampleTiming` dicts in
-``response._hidden_params["local_timings"]``; usage counts the prompt once.
+``response._hidden_params["local_timings"]``; usage counts the prompt once. The prompt tokens
+llama.cpp reused from its KV cache (the longest prefix shared with what the context already
+held, see `_ReuseProbe`) are reported as ``usage.prompt_tokens_details.cached_tokens``, the
+first sample's (the prompt is billed once), so offline runs measure prompt-cache reuse.
 
 With ``logprobs=True`` each choice carries OpenAI-style ``logprobs.content`` (token, logprob
 under the model's own distribution, before temperature and top-k), recorded by a logits
@@ -36,8 +39,9 @@ top_k 40, min_p 0.05). ``stream=True``, tools and response formats are not suppo
 
 Prices are nominal (a 1.5B model on a laptop is not free, and a zero price would make every
 cost ratio meaningless): qwen2.5-coder-1.5b 0.05 / 0.10 USD, qwen2.5-coder-0.5b 0.02 / 0.04
-USD and smollm2-135m 0.01 / 0.02 USD per million input / output tokens. Override them with
-`agentkd.register_price`.
+USD and smollm2-135m 0.01 / 0.02 USD per million input / output tokens; reused (cached) prompt
+tokens cost a tenth of the input price, as cache reads do at Anthropic, since llama.cpp skips
+evaluating them. Override them with `agentkd.register_price`.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from litellm.types.utils import (
     Choices,
     Message,
     ModelResponse,
+    PromptTokensDetailsWrapper,
     Usage,
 )
 
@@ -121,6 +126,11 @@ class LocalModelSpec:
     output_per_mtok: float
     size: int | None = None
     chat_format: str | None = None  # None: the chat template stored in the GGUF
+
+    @property
+    def cache_read_per_mtok(self) -> float:
+        """Price of a prompt token reused from the KV cache: a tenth of the input price."""
+        return self.input_per_mtok / 10
 
     @property
     def install_command(self) -> str:
@@ -464,6 +474,7 @@ class SampleTiming:
     """
 
     prompt_tokens: int  # tokens of the rendered prompt
+    cached_tokens: int  # of those, reused from the KV cache (not evaluated)
     prompt_eval_tokens: int
     prompt_eval_ms: float
     eval_tokens: int
@@ -538,6 +549,37 @@ class _TokenLogprobs:
         return out
 
 
+class _ReuseProbe:
+    """Counts the prompt tokens one generation reuses from the KV cache.
+
+    ``Llama.generate`` keeps the longest prefix the new prompt shares with the tokens the
+    context holds (``n_tokens`` is cut to it, 0 after a reset), then evaluates the rest with
+    its first ``eval`` call. So ``n_tokens`` at that first call is the reused prefix. No call
+    at all means the whole prompt was already cached (an exact repeat sampling one token).
+    """
+
+    def __init__(self, llama: Llama) -> None:
+        self.llama = llama
+        self.reused: int | None = None
+
+    def __enter__(self) -> _ReuseProbe:
+        evaluate = type(self.llama).eval
+
+        def eval_(tokens: Any) -> None:
+            if self.reused is None:
+                self.reused = int(self.llama.n_tokens)
+            evaluate(self.llama, tokens)
+
+        self.llama.eval = eval_  # type: ignore[method-assign]  # this instance, this call
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.llama.eval
+
+    def cached(self, prompt_tokens: int) -> int:
+        return prompt_tokens if self.reused is None else min(self.reused, prompt_tokens)
+
+
 _seed_source = random.Random()
 
 
@@ -568,7 +610,7 @@ class LocalLLM(CustomLLM):
         llama = loaded.llama
         choices: list[Choices] = []
         timings: list[SampleTiming] = []
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens = completion_tokens = cached_tokens = 0
         if want_logprobs:
             from llama_cpp import LogitsProcessorList
         with loaded.lock:
@@ -583,10 +625,11 @@ class LocalLLM(CustomLLM):
                 try:
                     # The prompt's tokens stay in the KV cache between calls and llama.cpp
                     # evaluates only the differing suffix, so samples 2..n skip the prompt.
-                    result: Any = llama.create_chat_completion(
-                        messages=chat, seed=sample_seed,
-                        logits_processor=LogitsProcessorList([recorder]) if recorder else None,
-                        **sampling)
+                    with _ReuseProbe(llama) as probe:
+                        result: Any = llama.create_chat_completion(
+                            messages=chat, seed=sample_seed,
+                            logits_processor=LogitsProcessorList([recorder]) if recorder
+                            else None, **sampling)
                 except ValueError as exc:
                     if "context window" in str(exc):
                         raise litellm.ContextWindowExceededError(
@@ -598,12 +641,14 @@ class LocalLLM(CustomLLM):
                 usage = result.get("usage") or {}
                 p_tok = int(usage.get("prompt_tokens", 0))
                 c_tok = int(usage.get("completion_tokens", 0))
-                prompt_tokens = prompt_tokens or p_tok
+                if i == 0:
+                    prompt_tokens, cached_tokens = p_tok, probe.cached(p_tok)
                 completion_tokens += c_tok
                 delta = ([b - a for a, b in zip(before, after, strict=True)]
                          if before and after else [0, 0.0, 0, 0.0])
                 timings.append(SampleTiming(
-                    prompt_tokens=p_tok, prompt_eval_tokens=int(delta[0]),
+                    prompt_tokens=p_tok, cached_tokens=probe.cached(p_tok),
+                    prompt_eval_tokens=int(delta[0]),
                     prompt_eval_ms=float(delta[1]), eval_tokens=int(delta[2]),
                     eval_ms=float(delta[3]), completion_tokens=c_tok, wall_ms=wall_ms))
                 choice = result["choices"][0]
@@ -618,7 +663,9 @@ class LocalLLM(CustomLLM):
             model=f"{PROVIDER}/{_strip_provider(model)}",
             choices=choices,
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                        total_tokens=prompt_tokens + completion_tokens),
+                        total_tokens=prompt_tokens + completion_tokens,
+                        prompt_tokens_details=PromptTokensDetailsWrapper(
+                            cached_tokens=cached_tokens)),
         )
         response._hidden_params["local_timings"] = [asdict(t) for t in timings]
         return response
@@ -656,4 +703,5 @@ def register() -> None:
         for spec in KNOWN_MODELS.values():
             key = f"{PROVIDER}/{spec.name}"
             if key not in litellm.model_cost:
-                register_price(key, spec.input_per_mtok, spec.output_per_mtok)
+                register_price(key, spec.input_per_mtok, spec.output_per_mtok,
+                               cache_read_per_mtok=spec.cache_read_per_mtok)
