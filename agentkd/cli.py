@@ -111,6 +111,54 @@ def dashboard(
         fail(str(exc))
 
 
+@app.command()
+def serve(
+    teacher: str = typer.Option(None, help="Teacher model string clients ask for (e.g. "
+                                "anthropic/claude-sonnet-4-5); its requests go through the "
+                                "cascade."),
+    student: str = typer.Option(None, help="Student model string (needed in student, icd "
+                                "and distill modes)."),
+    mode: str = typer.Option("distill", help="teacher, collect, student, icd or distill."),
+    demos: Path = typer.Option(None, help="Demo store folder."),
+    log: str = typer.Option(None, help="SQLAlchemy URL of the log (default "
+                            "sqlite:///agentkd.db; PostgreSQL for several workers)."),
+    host: str = typer.Option(None, help="Address to bind (default 127.0.0.1); anything but "
+                             "loopback needs gateway keys (--config)."),
+    port: int = typer.Option(None, help="TCP port (default 4000)."),
+    config: Path = typer.Option(None, "--config", help="Gateway TOML file: several routes "
+                                "(teachers and students), upstreams, gateway keys."),
+    workers: int = typer.Option(1, help="Worker processes (they share the log)."),
+    idle_timeout: float = typer.Option(None, help="Close an episode after this many seconds "
+                                       "without a request (default 600)."),
+) -> None:
+    """Serve the cascade as an OpenAI- and Anthropic-compatible gateway (base URL /v1)."""
+    try:
+        from agentkd.gateway.config import build_config, load_config
+        from agentkd.gateway.server import serve as run_gateway
+    except ImportError as exc:  # the gateway extra is not installed
+        fail(f"the gateway needs {exc.name}: pip install 'agentkd[gateway]'")
+        return
+    flags = {"log": log, "host": host, "port": port, "idle_timeout_s": idle_timeout}
+    try:
+        settings = (load_config(config, **flags) if config is not None else
+                    build_config({k: v for k, v in flags.items() if v is not None}))
+        if teacher is not None:
+            route = {"teacher": teacher, "student": student, "mode": mode,
+                     "demos": str(demos) if demos else None}
+            settings = build_config({**settings.model_dump(),
+                                     "route": [route, *settings.model_dump()["route"]]})
+        elif config is None:
+            fail("name a teacher (--teacher MODEL) or a config file (--config gateway.toml)")
+            return
+        names = ", ".join(n for r in settings.route for n in r.names) or "none"
+        console.print(f"agentkd gateway on http://{settings.host}:{settings.port}/v1 "
+                      f"(teachers: {names}; log: {settings.log.split('://')[0]}; Ctrl-C to "
+                      f"stop)", highlight=False, soft_wrap=True)
+        run_gateway(settings, workers=workers)
+    except AgentKDError as exc:
+        fail(str(exc))
+
+
 @app.command("export")
 def export(
     log: str = typer.Option(..., help="SQLAlchemy URL of the log."),

@@ -53,6 +53,9 @@ from agentkd.retrieval.keys import KeyFunction, StepKey, default_key
 from agentkd.retrieval.store import DemoStore, DemoWindow
 
 F = TypeVar("F", bound=Callable[..., Any])
+TeacherCall = Callable[[list[dict[str, Any]], dict[str, Any], str, str], llm.CallResult]
+"""Serves the teacher's answer in place of `llm.complete`: called with (messages, litellm
+kwargs, call role, the step's verdict so far); `agentkd serve` streams the answer through."""
 _VALID_ROLES = {"system", "user", "assistant", "tool", "function", "developer"}
 
 
@@ -122,6 +125,7 @@ class _Step:
     shadow: bool | None = None
     teacher_action: str | None = None
     student_correct: bool | None = None
+    teacher_call: TeacherCall | None = None
 
     @property
     def actor(self) -> str:
@@ -287,6 +291,23 @@ class Distiller:
                       plan: str | None = None, task_type: str | None = None
                       ) -> Iterator[EpisodeScope]:
         """Open one logged episode; teacher calls inside it are served by this Distiller."""
+        scope = self.open_episode(task_id, goal=goal, plan=plan, task_type=task_type)
+        scope._enter()
+        try:
+            yield scope
+        except BaseException as exc:
+            self.end_episode(scope, exc)
+            raise
+        else:
+            self.end_episode(scope)
+        finally:
+            scope._exit()
+
+    def open_episode(self, task_id: str | None = None, *, goal: str | None = None,
+                     plan: str | None = None, task_type: str | None = None) -> EpisodeScope:
+        """Start one logged episode that outlives a call stack (`agentkd serve` keeps one open
+        across HTTP requests): serve its steps with `serve_step`, close it with `end_episode`.
+        `episode_scope` is this pair around a block."""
         task_id = str(task_id) if task_id is not None else uuid.uuid4().hex[:12]
         for name, value, limit in (("task_id", task_id, 512), ("task_type", task_type, 128)):
             if value is not None and len(str(value)) > limit:  # PostgreSQL would refuse it
@@ -297,26 +318,24 @@ class Distiller:
             self._check_run_budget()
         episode_id = self.log.start_episode(self.run_id, task_id, task_type=task_type,
                                             goal=goal, plan=plan)
-        scope = EpisodeScope(self, self.run_id, episode_id, task_id, goal=goal, plan=plan,
-                             task_type=task_type)
-        scope._enter()
-        try:
-            yield scope
-        except BaseException as exc:
-            # A run cap stops the run mid-episode: like a kill, a resumed run replays it.
-            interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError) or (
-                isinstance(exc, BudgetExceeded) and exc.scope == "run")
-            status = "interrupted" if interrupted else "error"
-            if isinstance(exc, BudgetExceeded) and exc.scope == "episode":
-                status = "budget"
-            self.log.finish_episode(
-                episode_id, status=status, success=False if not interrupted else None,
-                error=f"{type(exc).__name__}: {exc}")
-            raise
-        else:
+        return EpisodeScope(self, self.run_id, episode_id, task_id, goal=goal, plan=plan,
+                            task_type=task_type)
+
+    def end_episode(self, scope: EpisodeScope, exc: BaseException | None = None) -> None:
+        """Write an episode's outcome: the one `scope.finish` gave, or the status `exc` (what
+        ended it early) implies."""
+        if exc is None:
             self._close_episode(scope)
-        finally:
-            scope._exit()
+            return
+        # A run cap stops the run mid-episode: like a kill, a resumed run replays it.
+        interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError) or (
+            isinstance(exc, BudgetExceeded) and exc.scope == "run")
+        status = "interrupted" if interrupted else "error"
+        if isinstance(exc, BudgetExceeded) and exc.scope == "episode":
+            status = "budget"
+        self.log.finish_episode(
+            scope.episode_id, status=status, success=False if not interrupted else None,
+            error=f"{type(exc).__name__}: {exc}")
 
     def _close_episode(self, scope: EpisodeScope) -> None:
         status = {True: "success", False: "failure", None: "done"}[scope.success]
@@ -391,6 +410,14 @@ class Distiller:
         """Async `completion`: runs the step in a worker thread (contextvars carried over)."""
         return await asyncio.to_thread(self.completion, messages, **kwargs)
 
+    def serve_step(self, scope: EpisodeScope, messages: list[dict[str, Any]], *,
+                   teacher_call: TeacherCall | None = None,
+                   **kwargs: Any) -> litellm.ModelResponse:
+        """One step of an episode from `open_episode` (no contextvar scope needed);
+        `teacher_call`, when given, makes the teacher's answer (see `TeacherCall`)."""
+        kwargs.pop("model", None)
+        return self._step(scope, check_messages(messages), kwargs, teacher_call)
+
     def key_for(self, scope: EpisodeScope, messages: list[dict[str, Any]]) -> StepKey:
         """The retrieval key; the scope's own goal/plan beat the default guesses from messages,
         but a user's key function has the last word."""
@@ -423,12 +450,13 @@ class Distiller:
                                  f"higher cap to continue)", scope="run")
 
     def _step(self, scope: EpisodeScope, messages: list[dict[str, Any]],
-              kwargs: dict[str, Any]) -> litellm.ModelResponse:
+              kwargs: dict[str, Any], teacher_call: TeacherCall | None = None
+              ) -> litellm.ModelResponse:
         """One step, as DESIGN.md's stages: key, memory, demos, student samples, verdict,
         teacher, shadow label, log."""
         self._check_budget(scope)
         step = _Step(start=time.perf_counter(), turns=scope.new_turns(messages),
-                     key=self.key_for(scope, messages))
+                     key=self.key_for(scope, messages), teacher_call=teacher_call)
         if self.mode in ("teacher", "collect"):
             step.verdict = "teacher_only"
         else:
@@ -504,7 +532,7 @@ class Distiller:
                 self.teacher, messages, {**kwargs, **self.teacher_kwargs}, role=role,
                 retries=self.teacher_retries)
             step.calls.append(cot)
-        step.response, record = self._ask_teacher(scope, messages, kwargs, role, step.calls)
+        step.response, record = self._ask_teacher(scope, messages, kwargs, role, step)
         step.calls.append(record)
 
     def _label_shadow(self, step: _Step, messages: list[dict[str, Any]],
@@ -600,13 +628,17 @@ class Distiller:
         return (extract_action(message, self.extractor) if message else None), result.record
 
     def _ask_teacher(self, scope: EpisodeScope, messages: list[dict[str, Any]],
-                     kwargs: dict[str, Any], role: str, calls: list[CallRecord]
+                     kwargs: dict[str, Any], role: str, step: _Step
                      ) -> tuple[litellm.ModelResponse, CallRecord]:
-        result = llm.complete(self.teacher, messages, role=role, retries=self.teacher_retries,
-                              **{**kwargs, **self.teacher_kwargs})
+        call_kwargs = {**kwargs, **self.teacher_kwargs}
+        if step.teacher_call is not None:
+            result = step.teacher_call(messages, call_kwargs, role, step.verdict)
+        else:
+            result = llm.complete(self.teacher, messages, role=role,
+                                  retries=self.teacher_retries, **call_kwargs)
         if result.response is None:
             # Keep what this step already spent (student samples) and the failed call.
-            spent = [*calls, result.record]
+            spent = [*step.calls, result.record]
             self.log.record_calls(self.run_id, scope.episode_id, spent)
             scope.cost_usd += sum(c.cost_usd for c in spent)
             self._run_cost += sum(c.cost_usd for c in spent)

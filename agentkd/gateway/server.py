@@ -1,0 +1,60 @@
+"""Running the gateway: uvicorn over `create_app`, in one process or several workers that
+share one log (PostgreSQL; SQLite serves one worker well, a few at most).
+
+Workers are separate processes, so the configuration reaches them through a file (mode
+0600: it may hold gateway keys) named by ``AGENTKD_GATEWAY_CONFIG_FILE``; its run ids are
+fixed before the workers start, so all of them write the same runs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+
+from fastapi import FastAPI
+
+from agentkd.gateway.app import create_app
+from agentkd.gateway.config import GatewayConfig
+from agentkd.gateway.service import Gateway
+
+CONFIG_ENV = "AGENTKD_GATEWAY_CONFIG_FILE"
+
+
+def with_run_ids(config: GatewayConfig) -> GatewayConfig:
+    """`config` with every run id chosen, so processes that start from it share runs."""
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    routes = [r if r.run else r.model_copy(update={"run": f"gateway-{r.mode}-{stamp}-{i}"})
+              for i, r in enumerate(config.route)]
+    return config.model_copy(update={
+        "route": routes, "passthrough_run": config.passthrough_run or f"passthrough-{stamp}"})
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (uvicorn's factory), from the file the parent wrote."""
+    with open(os.environ[CONFIG_ENV]) as file:
+        config = GatewayConfig.model_validate_json(file.read())
+    return create_app(Gateway(config))
+
+
+def serve(config: GatewayConfig, *, workers: int = 1, log_level: str = "warning") -> None:
+    """Serve until interrupted; builds the gateway first, so a bad config fails here."""
+    import uvicorn
+
+    config = with_run_ids(config)
+    if workers <= 1:
+        uvicorn.run(create_app(Gateway(config)), host=config.host, port=config.port,
+                    log_level=log_level, timeout_graceful_shutdown=5)
+        return
+    Gateway(config).shutdown()  # validate everything once, in this process
+    fd, path = tempfile.mkstemp(prefix="agentkd-gateway-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as file:  # mkstemp's file is 0600
+            file.write(config.model_dump_json())
+        os.environ[CONFIG_ENV] = path
+        uvicorn.run("agentkd.gateway.server:worker_app", factory=True, host=config.host,
+                    port=config.port, workers=workers, log_level=log_level,
+                    timeout_graceful_shutdown=5)
+    finally:
+        os.unlink(path)
