@@ -41,8 +41,9 @@ _lock = threading.Lock()
 log = logging.getLogger(__name__)
 
 MISMATCH_RELATIVE = 1e-6
-"""A provider-stated cost further than this share from ours (or 1e-9 USD) is a mismatch:
-providers round to micro-dollars, so closer figures agree."""
+MISMATCH_ABSOLUTE = 1e-9
+"""A provider-stated cost further from ours than MISMATCH_RELATIVE of the larger, and than
+MISMATCH_ABSOLUTE USD, is a mismatch: providers round to micro-dollars or finer."""
 
 
 def register_price(model: str, input_per_mtok: float, output_per_mtok: float,
@@ -282,4 +283,5 @@ def call_cost(model: str, prompt_tokens: int, completion_tokens: int, *,
 
 def cost_mismatch(ours: float, stated: float) -> bool:
     """True when a provider-stated cost disagrees with ours beyond rounding."""
-    return abs(ours - stated) > max(1e-9, MISMATCH_RELATIVE * max(abs(ours), abs(stated)))
+    return abs(ours - stated) > max(MISMATCH_ABSOLUTE,
+                                    MISMATCH_RELATIVE * max(abs(ours), abs(stated)))

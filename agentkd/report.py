@@ -15,6 +15,13 @@ Break-even episodes = demo-collection cost (the total spend of the teacher's col
 (teacher cost per episode − this run's cost per episode), both on the shared tasks.
 Accepted-step accuracy is the share of the student's accepted steps whose action the teacher
 confirmed, over the steps shadow mode labelled (`Cascade.shadow`); None without labels.
+
+Prompt caching, per run and per model (`CacheFigures`, over the LLM calls of the run's
+episodes): the cache hit share is cached / prompt tokens; the cost without cache credit bills
+every prompt token at the input price, and the saving is that minus what was billed (negative
+when cache writes cost more than the reads saved). Calls logged before these were recorded
+count as uncached. Where the provider stated its own cost, its total and the calls whose
+stated cost disagrees with ours (`agentkd.costs.cost_mismatch`) are given too.
 """
 
 from __future__ import annotations
@@ -26,9 +33,11 @@ from typing import Any
 from pydantic import BaseModel
 from rich import box
 from rich.table import Table
-from sqlalchemy import case, func, select
+from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy.orm import QueryableAttribute
 
-from agentkd.log import Episode, Run, Step, TrajectoryLog
+from agentkd.costs import MISMATCH_ABSOLUTE, MISMATCH_RELATIVE
+from agentkd.log import Episode, LLMCall, Run, Step, TrajectoryLog
 
 FINISHED = ("success", "failure", "done", "error", "budget")
 BASELINE_MODES = ("teacher", "collect")
@@ -56,6 +65,34 @@ def wilson_interval(wins: int, n: int, z: float = Z_95) -> tuple[float, float] |
     centre = (p + z * z / (2 * n)) / scale
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+class CacheFigures(BaseModel):
+    """Prompt-cache use and what it saved, over a set of LLM calls."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens read from the provider's prompt cache (or llama.cpp's KV cache)."""
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cache_hit_share: float | None = None
+    """cached / prompt tokens (None without prompt tokens)."""
+    cost: float = 0.0
+    """What was billed, with the cache credit."""
+    uncached_cost: float = 0.0
+    """The same calls with every prompt token at the input price."""
+    cache_saving: float = 0.0
+    """uncached_cost - cost."""
+    provider_cost: float | None = None
+    """Sum of the costs the provider stated (None: it stated none)."""
+    provider_costed_calls: int = 0
+    cost_mismatches: int = 0
+    """Calls whose provider-stated cost disagrees with ours."""
+
+
+class ModelCacheFigures(CacheFigures):
+    model: str
 
 
 class RunSummary(BaseModel):
@@ -92,6 +129,9 @@ class RunSummary(BaseModel):
     labelled_accepted: int = 0
     """Accepted student steps with a shadow label."""
     accepted_accuracy: float | None = None
+    cache: CacheFigures = CacheFigures()
+    """Prompt caching over the run's calls."""
+    cache_by_model: list[ModelCacheFigures] = []
 
 
 class _Comparison(BaseModel):
@@ -182,6 +222,63 @@ def _versus_teacher(mode: str, comparison: _Comparison | None,
     return fields
 
 
+def _mismatched(stated: QueryableAttribute[Any], ours: QueryableAttribute[Any]
+                ) -> ColumnElement[bool]:
+    """SQL twin of `agentkd.costs.cost_mismatch` (portable: no GREATEST in SQLite)."""
+    larger = case((func.abs(stated) > func.abs(ours), func.abs(stated)), else_=func.abs(ours))
+    tolerance = case((larger * MISMATCH_RELATIVE > MISMATCH_ABSOLUTE,
+                      larger * MISMATCH_RELATIVE), else_=MISMATCH_ABSOLUTE)
+    return func.abs(stated - ours) > tolerance
+
+
+def cache_figures(log: TrajectoryLog) -> dict[str, list[ModelCacheFigures]]:
+    """Run id → its prompt-cache figures per model, over the calls of its episodes."""
+    c = LLMCall
+    stated = c.provider_cost_usd.is_not(None)
+    query = (
+        select(Episode.run_id, c.model, func.count(c.id), func.sum(c.prompt_tokens),
+               func.sum(func.coalesce(c.cached_tokens, 0)),
+               func.sum(func.coalesce(c.cache_write_tokens, 0)),
+               func.sum(func.coalesce(c.reasoning_tokens, 0)), func.sum(c.cost_usd),
+               func.sum(func.coalesce(c.uncached_cost_usd, c.cost_usd)),
+               func.sum(c.provider_cost_usd), func.sum(case((stated, 1), else_=0)),
+               func.sum(case((stated & _mismatched(c.provider_cost_usd, c.cost_usd), 1),
+                             else_=0)))
+        .select_from(c).join(Episode, Episode.id == c.episode_id)
+        .group_by(Episode.run_id, c.model).order_by(Episode.run_id, c.model))
+    out: dict[str, list[ModelCacheFigures]] = {}
+    with log.session() as s:
+        for run, model, calls, prompt, cached, written, reasoning, cost, uncached, \
+                provider, costed, mismatches in s.execute(query):
+            prompt, cost, uncached = int(prompt or 0), float(cost or 0.0), float(uncached or 0.0)
+            out.setdefault(run, []).append(ModelCacheFigures(
+                model=model, calls=int(calls), prompt_tokens=prompt,
+                cached_tokens=int(cached or 0), cache_write_tokens=int(written or 0),
+                reasoning_tokens=int(reasoning or 0),
+                cache_hit_share=int(cached or 0) / prompt if prompt else None,
+                cost=cost, uncached_cost=uncached, cache_saving=uncached - cost,
+                provider_cost=None if provider is None else float(provider),
+                provider_costed_calls=int(costed or 0), cost_mismatches=int(mismatches or 0)))
+    return out
+
+
+def total_cache(parts: Sequence[CacheFigures]) -> CacheFigures:
+    """The figures of several sets of calls together."""
+    prompt = sum(p.prompt_tokens for p in parts)
+    cached = sum(p.cached_tokens for p in parts)
+    stated = [p.provider_cost for p in parts if p.provider_cost is not None]
+    cost, uncached = sum(p.cost for p in parts), sum(p.uncached_cost for p in parts)
+    return CacheFigures(
+        calls=sum(p.calls for p in parts), prompt_tokens=prompt, cached_tokens=cached,
+        cache_write_tokens=sum(p.cache_write_tokens for p in parts),
+        reasoning_tokens=sum(p.reasoning_tokens for p in parts),
+        cache_hit_share=cached / prompt if prompt else None, cost=cost,
+        uncached_cost=uncached, cache_saving=uncached - cost,
+        provider_cost=sum(stated) if stated else None,
+        provider_costed_calls=sum(p.provider_costed_calls for p in parts),
+        cost_mismatches=sum(p.cost_mismatches for p in parts))
+
+
 def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> list[RunSummary]:
     finished = Episode.status.in_(FINISHED)
     query = (
@@ -211,6 +308,7 @@ def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> l
         rows = s.execute(query).all()
         labels = {run: (int(n), int(right or 0)) for run, n, right in s.execute(labelled)}
     comparisons = _comparisons(log)
+    caches = cache_figures(log)
 
     collect_cost: dict[str, float] = {}
     for _run, mode, teacher, *_, total in rows:
@@ -236,6 +334,7 @@ def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> l
             cost_per_episode=float(cost) / n if n else None, total_cost=float(total),
             labelled_accepted=n_labelled,
             accepted_accuracy=n_right / n_labelled if n_labelled else None,
+            cache=total_cache(caches.get(run_id, [])), cache_by_model=caches.get(run_id, []),
             **_versus_teacher(mode, comparison, collect_cost.get(teacher, 0.0)),
         ))
     return summaries
@@ -284,10 +383,12 @@ def summary_table(summaries: Sequence[RunSummary], title: str = "agentkd runs",
     teacher-success columns (the caption names the models instead), merges relative cost and
     break-even into one "vs teacher" column, and drops the accepted-accuracy column when no
     run has labels, so it stays readable on an 80-column terminal. Both layouts name the
-    teacher in the title.
+    teacher in the title. When some run used a prompt cache, both end with its hit share and
+    the saving, and the wide one with the spend with and without the cache credit.
     """
     compact = width is not None and width < WIDE_TABLE
     labelled = any(r.accepted_accuracy is not None for r in summaries)
+    cached = any(r.cache.cached_tokens or r.cache.cache_write_tokens for r in summaries)
     teachers = sorted({teacher_name(r) for r in summaries})
     if teachers:
         title += f" · teacher: {', '.join(teachers)}"
@@ -299,6 +400,9 @@ def summary_table(summaries: Sequence[RunSummary], title: str = "agentkd runs",
         columns = ["run", "mode", "teacher", "student", "success (95% CI)",
                    "teacher success", "steps/ep", "teacher calls", "accepted acc.", "$/ep",
                    "relative cost", "break-even eps"]
+    if cached:
+        columns += ["cache hit", "cache saving"] if compact else \
+            ["cache hit", "spend", "spend w/o cache", "cache saving"]
     table = Table(title=title, box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
                   pad_edge=not compact, padding=(0, 1, 0, 0) if compact else (0, 1))
     for column in columns:
@@ -313,14 +417,17 @@ def summary_table(summaries: Sequence[RunSummary], title: str = "agentkd runs",
         success = success_cell(r.wins, r.episodes, r.success_low, r.success_high)
         numbers = [_fmt(r.steps_per_episode, ".1f"), _fmt(r.teacher_call_rate, ".1%")]
         relative, break_even = _saving_cells(r)
+        cache = [_fmt(r.cache.cache_hit_share, ".1%")]
+        cache += [] if compact else [_fmt(r.cache.cost, ".5f"), _fmt(r.cache.uncached_cost, ".5f")]
+        cache = [*cache, _fmt(r.cache.cache_saving, ".5f")] if cached else []
         if compact:
             versus = ", ".join(cell for cell in (relative, break_even) if cell != "–")
             table.add_row(r.mode, success, *numbers, *([accepted] if labelled else []),
-                          _fmt(r.cost_per_episode, ".5f"), versus)
+                          _fmt(r.cost_per_episode, ".5f"), versus, *cache)
         else:
             table.add_row(r.run_id, r.mode, teacher_name(r), r.student or "–", success,
                           _baseline_cell(r), *numbers, accepted,
-                          _fmt(r.cost_per_episode, ".5f"), relative, break_even)
+                          _fmt(r.cost_per_episode, ".5f"), relative, break_even, *cache)
     if compact:
         students = sorted({r.student for r in summaries if r.student})
         table.caption = (f"success: episodes won (95% Wilson interval); vs teacher: relative "
