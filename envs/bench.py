@@ -1,11 +1,13 @@
 """ALFWorld benchmark runs: many games, one mode, one logged run, resumable.
 
-Each game is one episode of the reference ReAct agent inside a Distiller episode scope. With
-`workers > 1` games run in a pool of processes, each with its own Distiller (same run id, same
-log) and its own environment per game. `resume=True` skips games the run already finished
-and marks episodes left running by a dead worker as interrupted. A demo store has one writer:
-parallel collect workers only log, and the parent adds the run's successful episodes to the
-store from the log when the games are done (idempotent, so a resumed run completes it).
+Each game is one episode of the reference ReAct agent inside a Distiller episode scope,
+played by `play_game`, the one code path for a game wherever it runs. With `workers > 1` games
+run in a pool of processes on this host, and with `ray` on a Ray cluster as actors
+(`agentkd.envs.ray_runner`); each worker has its own Distiller (same run id, same log) and its
+own environment per game. `resume=True` skips games the run already finished and marks
+episodes left running by a dead worker as interrupted. A demo store has one writer: parallel
+collect workers only log, and the parent adds the run's successful episodes to the store from
+the log when the games are done (idempotent, so a resumed run completes it).
 `validate` raises a configuration error (an unknown model, icd/distill without a store, a bad
 cap) before any game is played, so the command line reports it before drawing progress.
 """
@@ -43,6 +45,18 @@ class BenchConfig:
     """Take the `episodes` games round-robin over task types (all six ALFWorld types in a
     subset of six) instead of the first ones in sorted order, which cluster by type."""
     workers: int = 1
+    """Worker processes on this host; with `ray`, the number of actors (0: as many as the
+    cluster's nodes hold, see `ray_cpus`)."""
+    ray: str | None = None
+    """Play on a Ray cluster instead: 'auto' (the cluster this host joined with `ray start`),
+    'local' (a new one-host cluster for this process) or a head's address (HOST:PORT or
+    ray://HOST:PORT). Needs the `agentkd[ray]` extra."""
+    ray_cpus: float = 1.0
+    """CPUs each actor declares (a local student's llama.cpp threads follow it)."""
+    ray_memory_mb: int | None = None
+    """Memory each actor declares (default: `ray_runner.default_memory_mb`)."""
+    ray_gpus: float = 0.0
+    """GPUs each actor declares, for a student served inside the actor."""
     demos: str | None = None
     grow_demos: bool = False
     """Distill: the teacher's steps of won episodes join `demos` as the run goes (one worker:
@@ -77,6 +91,8 @@ class EpisodeOutcome:
     invalid_actions: int
     cost_usd: float
     teacher_steps: int
+    node: str | None = None
+    """The Ray node that played it (None off Ray)."""
 
 
 def _distiller(config: BenchConfig, run_id: str) -> Any:
@@ -119,19 +135,30 @@ def validate(config: BenchConfig, run_id: str) -> None:
     """
     if _worker.get("ready") == (config, run_id):
         return  # validated in this process already (the CLI does it before its progress bar)
+    # With Ray, 0 workers means one actor per slot the cluster has.
+    least = {"workers": 0 if config.ray is not None else 1, "max_steps": 1}
     for name, value in (("workers", config.workers), ("max_steps", config.max_steps)):
-        if value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if value < least[name]:
+            raise InputError(f"--{name.replace('_', '-')} must be >= {least[name]}, got {value}")
     for model in (config.teacher, config.student):
         if model:
             check_model(model)
+    if config.ray is not None:
+        from agentkd.envs import ray_runner
+
+        ray_runner.check_cluster(config)  # Ray installed, the log fits the cluster, actors fit
     kd = _distiller(config, run_id)
     _worker.clear()
-    if config.workers > 1:
+    if parallel(config):
         kd.close()  # each worker builds its own
     else:
         _worker.update(kd=kd, config=config)
     _worker["ready"] = (config, run_id)
+
+
+def parallel(config: BenchConfig) -> bool:
+    """Whether games run in workers of their own (a process pool or Ray actors)."""
+    return config.ray is not None or config.workers > 1
 
 
 def share_cores(workers: int) -> None:
@@ -159,12 +186,17 @@ def _init_worker(config: BenchConfig, run_id: str) -> None:
 
 def play(game_file: str) -> EpisodeOutcome:
     """Play one game in this process's Distiller (set up by `_init_worker`)."""
+    if "setup_error" in _worker:
+        raise _worker["setup_error"]
+    return play_game(_worker["kd"], _worker["config"], game_file)
+
+
+def play_game(kd: Any, config: BenchConfig, game_file: str) -> EpisodeOutcome:
+    """Play one game in `kd`: the one code path for a game, in this process, a pool worker or
+    a Ray actor."""
     from agentkd.envs.alfworld import AlfWorldEnv
     from agentkd.envs.react import react_agent
 
-    if "setup_error" in _worker:
-        raise _worker["setup_error"]
-    kd, config = _worker["kd"], _worker["config"]
     env = AlfWorldEnv(game_file)
     try:
         first, _ = env.reset()
@@ -200,9 +232,9 @@ def plan_games(config: BenchConfig, run_id: str) -> tuple[list[Path], int]:
     from agentkd.envs.alfworld import AlfWorldEnv, list_games
     from agentkd.log import TrajectoryLog
 
-    if config.grow_demos and config.workers > 1:
+    if config.grow_demos and parallel(config):
         raise InputError("--grow-demos writes the store as episodes finish, and a store has "
-                         "one writer: use --workers 1")
+                         "one writer: use --workers 1 without --ray")
     games = list_games(config.split, config.data)[config.offset:]
     if config.episodes is not None:
         if config.episodes < 1:
@@ -263,12 +295,17 @@ def run_bench(config: BenchConfig, on_episode: Callable[[EpisodeOutcome], None] 
 def _demos_written_by_parent(config: BenchConfig) -> str | None:
     """The demo store of a parallel collect run: its workers would race on the store's files
     (the store refuses a second writer), so the parent fills it from the log instead."""
-    if config.mode == "collect" and config.workers > 1:
+    if config.mode == "collect" and parallel(config):
         return config.demos
     return None
 
 
 def _play_all(config: BenchConfig, run_id: str, games: list[str]) -> Iterator[EpisodeOutcome]:
+    if config.ray is not None:
+        from agentkd.envs.ray_runner import play_on_ray
+
+        yield from play_on_ray(config, run_id, games)
+        return
     if config.workers <= 1:
         for game in games:  # in the Distiller `validate` built
             yield play(game)

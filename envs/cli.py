@@ -93,7 +93,18 @@ def bench_alfworld(
     offset: int = typer.Option(0, help="Skip the first games of the split."),
     stratify: bool = typer.Option(False, help="Pick the N games round-robin over the six "
                                               "task types instead of the first N."),
-    workers: int = typer.Option(1, help="Worker processes (each loads its own models)."),
+    workers: int = typer.Option(None, help="Worker processes (each loads its own models); "
+                                           "with --ray, actors (default 1, with --ray as "
+                                           "many as the cluster holds)."),
+    ray: str = typer.Option(None, "--ray", help="Play on a Ray cluster: auto (the one this "
+                            "host joined with `ray start`), local (a new one on this host) or "
+                            "HOST:PORT of its head. Needs pip install 'agentkd[ray]'."),
+    ray_cpus: float = typer.Option(1.0, help="CPUs each Ray actor declares (a local "
+                                             "student's threads)."),
+    ray_memory_mb: int = typer.Option(None, help="Memory each Ray actor declares (default: "
+                                                 "1 GB, plus a local student's model)."),
+    ray_gpus: float = typer.Option(0.0, help="GPUs each Ray actor declares (a student "
+                                             "served in the actor)."),
     demos: str = typer.Option(None, help="Demo store folder (icd/distill read it; collect "
                                          "writes it)."),
     log: str = typer.Option("sqlite:///agentkd.db", help="SQLAlchemy URL of the log."),
@@ -133,7 +144,9 @@ def bench_alfworld(
         raise typer.Exit(2) from None
     config = BenchConfig(mode=mode, teacher=teacher, student=student, split=split,
                          episodes=episodes, offset=offset, stratify=stratify,
-                         workers=workers, demos=demos, grow_demos=grow_demos,
+                         workers=workers if workers is not None else 0 if ray else 1,
+                         ray=ray, ray_cpus=ray_cpus, ray_memory_mb=ray_memory_mb,
+                         ray_gpus=ray_gpus, demos=demos, grow_demos=grow_demos,
                          log=log, run=run, resume=resume, max_steps=max_steps,
                          cascade=cascade_config, retrieval={"k": k}, prices=prices)
     try:
@@ -163,6 +176,8 @@ def demo(
                                              "teacher plays up to 50 steps, the students up to "
                                              "its longest episode)."),
     student: str = typer.Option(DEFAULT_STUDENT, help="Student model (litellm string)."),
+    ray: str = typer.Option(None, "--ray", help="Play every phase on a one-node Ray cluster: "
+                            "auto, local or HOST:PORT (the demo's log is SQLite)."),
 ) -> None:
     """The offline story: collect demos with the expert, then compare every mode."""
     log = f"sqlite:///{(workdir / 'demo.db').resolve()}"
@@ -173,6 +188,7 @@ def demo(
         config = BenchConfig(mode=mode, student=student, split=split, episodes=n, stratify=True,
                              demos=demos if mode in ("collect", "icd", "distill") else None,
                              log=log, run=f"demo-{stamp}-{mode}", max_steps=steps,
+                             ray=ray, workers=0 if ray else 1,
                              retrieval={"k": 3, "window_before": 1, "window_after": 1})
         return run_with_progress(config, f"{mode:8s} {split}")
 

@@ -15,6 +15,6 @@ python -m pip install -q --upgrade pip
 # torch first, pinned: pip takes the CPU build from this machine's disk; anything that pulls
 # torch later is then satisfied and never drags in a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[alfworld,local,postgres,dashboard,gateway,memory,train,dev]"
+python -m pip install -q -e ".[alfworld,local,postgres,dashboard,gateway,memory,ray,train,dev]"
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 python -c "import agentkd, faiss, llama_cpp, alfworld; print('agentkd', agentkd.__version__, 'ready')"
