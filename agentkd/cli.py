@@ -151,12 +151,14 @@ def serve(
             fail("name a teacher (--teacher MODEL) or a config file (--config gateway.toml)")
             return
         names = ", ".join(n for r in settings.route for n in r.names) or "none"
-        console.print(f"agentkd gateway on http://{settings.host}:{settings.port}/v1 "
-                      f"(teachers: {names}; log: {settings.log.split('://')[0]}; Ctrl-C to "
-                      f"stop)", highlight=False, soft_wrap=True)
-        run_gateway(settings, workers=workers)
+        run_gateway(settings, workers=workers, on_ready=lambda: console.print(
+            f"agentkd gateway on http://{settings.host}:{settings.port}/v1 (teachers: "
+            f"{names}; log: {settings.log.split('://')[0]}; Ctrl-C to stop)",
+            highlight=False, soft_wrap=True))
     except AgentKDError as exc:
-        fail(str(exc))
+        from rich.markup import escape
+
+        fail(escape(str(exc)))  # the message may name TOML tables ([[key]])
 
 
 @app.command("export")

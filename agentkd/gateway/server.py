@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 
 from fastapi import FastAPI
 
@@ -38,16 +39,23 @@ def worker_app() -> FastAPI:
     return create_app(Gateway(config))
 
 
-def serve(config: GatewayConfig, *, workers: int = 1, log_level: str = "warning") -> None:
-    """Serve until interrupted; builds the gateway first, so a bad config fails here."""
+def serve(config: GatewayConfig, *, workers: int = 1, log_level: str = "warning",
+          on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until interrupted. The gateway is built first, so a bad config fails before
+    anything listens; `on_ready` is called then."""
     import uvicorn
 
     config = with_run_ids(config)
     if workers <= 1:
-        uvicorn.run(create_app(Gateway(config)), host=config.host, port=config.port,
-                    log_level=log_level, timeout_graceful_shutdown=5)
+        app = create_app(Gateway(config))
+        if on_ready is not None:
+            on_ready()
+        uvicorn.run(app, host=config.host, port=config.port, log_level=log_level,
+                    timeout_graceful_shutdown=5)
         return
     Gateway(config).shutdown()  # validate everything once, in this process
+    if on_ready is not None:
+        on_ready()
     fd, path = tempfile.mkstemp(prefix="agentkd-gateway-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as file:  # mkstemp's file is 0600
