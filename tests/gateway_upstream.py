@@ -3,8 +3,8 @@
 `Upstream` is an OpenAI-compatible chat-completions server (asyncio, uvicorn in a thread)
 with a fixed latency, answers from a responder, streaming (``stream: true`` as real SSE
 chunks, usage last) and a fault plan (``429``, ``500``, ``503``, ``timeout``). Token usage
-counts whitespace words, so costs are exact. `serve_app` runs any ASGI app (the gateway)
-on a free loopback port in a thread.
+counts whitespace words, so costs are exact. `serve_app` (`agentkd.gateway.server.running`)
+runs any ASGI app (the gateway) on a free loopback port in a thread.
 
     with Upstream(responder) as up, serve_app(create_app(gateway)) as url:
         ...                                  # point the gateway at up.url, clients at url
@@ -22,7 +22,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import uvicorn
+from agentkd.gateway.server import running
 
 Responder = Callable[[str, dict[str, Any]], list[dict[str, Any]]]
 
@@ -58,12 +58,13 @@ class Upstream:
         self.headers_seen: list[dict[str, str]] = []
         self._plan: dict[str, deque[str]] = {}
         self._lock = threading.Lock()
-        self._server: _Served | None = None
+        self._url: str | None = None
+        self._serving: contextlib.ExitStack | None = None
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        return f"{self._server.url}/v1"
+        assert self._url is not None, "enter the Upstream first"
+        return f"{self._url}/v1"
 
     def plan(self, model: str, *faults: str) -> None:
         with self._lock:
@@ -126,12 +127,13 @@ class Upstream:
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
     def __enter__(self) -> Upstream:
-        self._server = _Served(self)
+        self._serving = contextlib.ExitStack()
+        self._url = self._serving.enter_context(running(self))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.stop()
+        assert self._serving is not None
+        self._serving.close()
 
 
 def _chunks(answer: dict[str, Any], prompt: int, completion: int,
@@ -165,34 +167,4 @@ async def _send(send: Any, status: int, payload: dict[str, Any],
     await send({"type": "http.response.body", "body": data})
 
 
-class _Served:
-    """An ASGI app under uvicorn on a free 127.0.0.1 port, in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error",
-                                lifespan="on", timeout_graceful_shutdown=2,
-                                backlog=2048)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the loopback server did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-@contextlib.contextmanager
-def serve_app(app: Any) -> Iterator[str]:
-    """Serve `app` on loopback; yields its base URL (no /v1)."""
-    served = _Served(app)
-    try:
-        yield served.url
-    finally:
-        served.stop()
+serve_app = running  # any ASGI app on a free loopback port: yields its base URL (no /v1)

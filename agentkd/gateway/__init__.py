@@ -9,8 +9,8 @@ shapes (`shapes`, `openai_chat`, `openai_responses`, `anthropic_messages`), `ups
 
 from agentkd.gateway.app import create_app
 from agentkd.gateway.config import GatewayConfig, GatewayKey, Route, load_config
-from agentkd.gateway.server import serve
+from agentkd.gateway.server import running, serve
 from agentkd.gateway.service import Gateway
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayKey", "Route", "create_app", "load_config",
-           "serve"]
+           "running", "serve"]

@@ -8,11 +8,14 @@ fixed before the workers start, so all of them write the same runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -66,3 +69,27 @@ def serve(config: GatewayConfig, *, workers: int = 1, log_level: str = "warning"
                     timeout_graceful_shutdown=5)
     finally:
         os.unlink(path)
+
+
+@contextlib.contextmanager
+def running(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve an ASGI app (e.g. `create_app(gateway)`) in a background thread, on a free port
+    unless one is given; yields its base URL. For tests, notebooks and examples."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error",
+                                           timeout_graceful_shutdown=2, backlog=2048))
+    thread = threading.Thread(target=server.run, daemon=True, name="agentkd-gateway-server")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise RuntimeError(f"the server on {host}:{port} did not start (port taken?)")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
