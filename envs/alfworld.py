@@ -196,16 +196,22 @@ class AlfWorldEnv:
         self._expert_draws_from_this_game()
         try:
             self._state, reward, done = self._env.step(action)
-        except Exception as exc:  # the expert can time out on states it cannot plan from
-            if "Timeout" not in str(exc):
-                raise
-            self._state["extra.expert_plan"] = []
-            self.history.append((action, "Nothing happens."))
-            return "Nothing happens.", 0.0, False, self._info()
+        except Exception:  # noqa: BLE001 - alfworld's expert, not the game, failed
+            self._state, reward, done = self._state_after_expert_failure()
         feedback = str(self._state["feedback"]).strip()
         self.history.append((action, feedback))
         self._publish()
         return feedback, float(reward), bool(done), self._info()
+
+    def _state_after_expert_failure(self) -> tuple[Any, float, bool]:
+        # alfworld's wrapper steps the game, then asks the handcoded expert for its next
+        # action; in states a student made the expert can time out or crash (it draws from
+        # an empty list of objects of interest). The game did take the step: keep its state,
+        # with no expert suggestion, instead of losing the episode or replaying the action.
+        state = self._env.state
+        state["extra.expert_plan"] = []
+        won = bool(state["won"])
+        return state, float(won), won or bool(state.get("lost"))
 
     def _expert_draws_from_this_game(self) -> None:
         # The handcoded expert breaks ties with module-level `random.choice`, so its plan

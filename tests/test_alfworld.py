@@ -44,6 +44,30 @@ def test_alfworld_data_and_explicit_data_win_over_the_bundled_fallback(tmp_path,
     assert data_dir() == _SHARED_DATA.resolve()
 
 
+def test_a_step_the_handcoded_expert_crashes_on_is_still_taken():
+    # A student's walk (seeded random, from benchmarks/rescue.py) after which alfworld's
+    # handcoded expert, planning its next action inside step(), draws from an empty list.
+    game = next(g for g in list_games("valid_seen")
+                if "KeyChain-None-DeskLamp-327/trial_T20190906_202601_548273" in str(g))
+    walk = ["go to drawer 3", "inventory", "look", "go to shelf 4", "go to dresser 1",
+            "go to shelf 5", "go to shelf 3", "take keychain 1 from shelf 3", "go to bed 1"]
+    env = AlfWorldEnv(game)
+    try:
+        env.reset()
+        for action in walk:
+            env.step(action)
+        feedback, reward, done, info = env.step("go to drawer 7")
+        assert feedback == "You arrive at drawer 7. On the drawer 7, you see a cd 2, and a keychain 4."
+        assert (reward, done, info["expert_action"]) == (0.0, False, None)
+        assert env.history[-1] == ("go to drawer 7", feedback)
+        for _ in range(20):  # the rescuing teacher still finishes the task from here
+            if env.step(env.teacher_action("rescue"))[2]:
+                break
+        assert env.won
+    finally:
+        env.close()
+
+
 def test_games_are_real_and_each_env_is_its_own_game():
     games = list_games("valid_seen")
     assert len(games) == 140
