@@ -91,6 +91,12 @@ class Cascade(_Frozen):
     defer_loops: bool = False
     """Also defer when the accepted action was already taken on the same observation in this
     episode: small students agree with themselves while going round in circles."""
+    cache_prefix: bool = True
+    """Let the student's samples share a prompt cache where the provider needs asking
+    (Anthropic-family models): mark the system message with its demos, and the whole prompt,
+    with ``cache_control``, and send the first sample before the others so they read the
+    prompt it cached (`agentkd.llm.sample`; one extra round trip of latency). Other
+    providers are left as they are."""
 
     @property
     def acceptance(self) -> AcceptanceRule:

@@ -498,6 +498,7 @@ class Distiller:
             self.student, inject_demos(messages, step.block, self.retrieval.placement), n=n,
             temperature=self.cascade.temperature, role="student",
             use_n={"auto": None, "n": True, "parallel": False}[self.cascade.sampling],
+            cache_prefix=self.cascade.cache_prefix,
             **self._student_call_kwargs(kwargs))
         step.calls += [r.record for r in sampled.results]
         step.decision, step.samples = self._judge(sampled, n, _demo_action(step.windows))

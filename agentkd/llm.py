@@ -3,6 +3,14 @@
 It times each call, reads token usage, prices it (`agentkd.costs`), scrubs errors, and
 samples a model N times: one request with ``n=N`` where the provider supports it (the prompt
 is then billed once), otherwise N concurrent requests.
+
+Prompt caching (`sample(cache_prefix=True)`): Anthropic-family models cache only the prefixes
+marked with ``cache_control``, so the system message (with any demos in it) and, for several
+samples, the whole prompt are marked (`mark_cache_prefix`), and the samples are sent one
+first, the rest once it has answered: the first writes the prompt to the cache (Anthropic
+bills that at 1.25x the input price) and the others read it (0.1x), where N concurrent
+requests would each pay for the whole prompt, or for writing it. The price is latency: two
+round trips instead of one.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ _N_PROVIDERS = {"openai", "azure", "hosted_vllm", "local", "alfworld", "text-com
 # Providers we know return token logprobs (`local` computes them itself).
 _LOGPROB_PROVIDERS = {"openai", "azure", "hosted_vllm", "local"}
 _SECRET_KWARGS = ("api_key", "aws_secret_access_key", "aws_session_token", "azure_ad_token")
+# Providers serving Claude, whose prompt cache reads only prefixes marked with cache_control.
+_CLAUDE_HOSTS = {"bedrock", "bedrock_converse", "vertex_ai", "vertex_ai_beta"}
+CACHE_CONTROL = {"type": "ephemeral"}
 
 
 @dataclass
@@ -93,6 +104,51 @@ def supports_n(model: str) -> bool:
 
 def supports_logprobs(model: str) -> bool:
     return _supports(model, "logprobs", _LOGPROB_PROVIDERS)
+
+
+def caches_marked_prefix(model: str) -> bool:
+    """True for Anthropic-family models: their prompt cache needs ``cache_control`` marks."""
+    provider = provider_of(model)
+    return provider == "anthropic" or (provider in _CLAUDE_HOSTS and "claude" in model.lower())
+
+
+def _blocks(content: Any) -> list[Any]:
+    return content if isinstance(content, list) else []
+
+
+def _marked(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, str):
+        blocks: list[Any] = [{"type": "text", "text": content}]
+    elif isinstance(content, list) and content and isinstance(content[-1], dict):
+        blocks = [dict(block) if isinstance(block, dict) else block for block in content]
+    else:  # nothing to mark (no content, or a tool call)
+        return message
+    blocks[-1] = {**blocks[-1], "cache_control": CACHE_CONTROL}
+    return {**message, "content": blocks}
+
+
+def mark_cache_prefix(messages: list[dict[str, Any]], *, whole_prompt: bool = False
+                      ) -> list[dict[str, Any]]:
+    """`messages` with the stable prefix marked for the prompt cache (a copy).
+
+    Marked: the last system message (instructions, and demos in the system placement), and
+    with `whole_prompt` the last message too, so that later samples of the same prompt read
+    all of it. Messages that already carry a ``cache_control`` mark are the caller's own
+    layout and are returned unchanged.
+    """
+    if any("cache_control" in m or any(isinstance(block, dict) and "cache_control" in block
+                                       for block in _blocks(m.get("content")))
+           for m in messages):
+        return messages
+    out = list(messages)
+    systems = [i for i, m in enumerate(out) if m.get("role") == "system"]
+    marks = {systems[-1]} if systems else set()
+    if whole_prompt and out:
+        marks.add(len(out) - 1)
+    for i in marks:
+        out[i] = _marked(out[i])
+    return out
 
 
 def _protect(kwargs: dict[str, Any]) -> None:
@@ -192,7 +248,7 @@ def _fill(record: CallRecord, priced: Priced) -> None:
 
 
 def sample(model: str, messages: list[dict[str, Any]], *, n: int, temperature: float,
-           role: str = "student", use_n: bool | None = None,
+           role: str = "student", use_n: bool | None = None, cache_prefix: bool = False,
            **kwargs: Any) -> Sampled:
     """`n` samples of `model`'s answer: the sampled messages, their token logprobs (when
     ``logprobs=True`` is passed and the provider returns them) and every call made.
@@ -200,16 +256,27 @@ def sample(model: str, messages: list[dict[str, Any]], *, n: int, temperature: f
     `use_n` forces (True) or forbids (False) the single ``n`` request; None asks litellm.
     Providers that silently ignore ``n`` (e.g. ``llama_cpp.server``) are topped up with
     single requests, so the caller always gets `n` samples unless calls fail.
+    `cache_prefix`: for models that cache only marked prefixes (`caches_marked_prefix`),
+    mark the prompt (`mark_cache_prefix`) and send single requests one first, then the rest
+    once it has answered, so they read the prompt from the cache it wrote.
     """
     kwargs = {k: v for k, v in kwargs.items() if k not in ("n", "temperature", "stream")}
     results: list[CallResult] = []
     samples: list[dict[str, Any]] = []
     logprobs: list[TokenLogprobs | None] = []
+
+    def collect(result: CallResult, keep: int) -> None:
+        results.append(result)
+        samples.extend(result.messages()[:keep])
+        logprobs.extend(result.token_logprobs()[:keep])
+
+    warm_first = cache_prefix and caches_marked_prefix(model)
+    if warm_first:
+        messages = mark_cache_prefix(messages, whole_prompt=n > 1)
     if n > 1 and (supports_n(model) if use_n is None else use_n):
-        first = complete(model, messages, role=role, n=n, temperature=temperature, **kwargs)
-        results.append(first)
-        samples.extend(first.messages()[:n])
-        logprobs.extend(first.token_logprobs()[:n])
+        collect(complete(model, messages, role=role, n=n, temperature=temperature, **kwargs), n)
+    elif n > 1 and warm_first:
+        collect(complete(model, messages, role=role, temperature=temperature, **kwargs), 1)
     missing = n - len(samples)
     if missing > 0 and not (results and not results[0].ok):
         with ThreadPoolExecutor(max_workers=missing) as pool:
@@ -219,8 +286,5 @@ def sample(model: str, messages: list[dict[str, Any]], *, n: int, temperature: f
             futures = [pool.submit(contextvars.copy_context().run, call)
                        for _ in range(missing)]
             for future in futures:
-                result = future.result()
-                results.append(result)
-                samples.extend(result.messages()[:1])
-                logprobs.extend(result.token_logprobs()[:1])
+                collect(future.result(), 1)
     return Sampled(samples, logprobs, results)

@@ -8,20 +8,26 @@ litellm talks to it over real HTTP (``openai/<model>`` or ``anthropic/<model>`` 
   of the prompt token count) fills ``prompt_tokens_details.cached_tokens``, `reasoning`
   ``completion_tokens_details.reasoning_tokens``, and `stated_cost` a gateway's ``usage.cost``.
 - Anthropic (``/v1/messages``): a prefix cache like Anthropic's. The prompt is the system
-  blocks then the messages' blocks; the blocks up to the last one marked ``cache_control`` are
-  the cacheable prefix. A prefix seen before is read from cache (``cache_read_input_tokens``),
-  a new one written (``cache_creation_input_tokens``); the rest is ``input_tokens``. Prefixes
-  shorter than `min_cacheable` tokens are never cached, as on Anthropic (1024 for Sonnet).
+  blocks then the messages' blocks; a block marked ``cache_control`` is a breakpoint. The
+  longest prefix ending within `LOOKBACK` blocks before a breakpoint that an earlier request
+  cached is read (``cache_read_input_tokens``); the rest up to the last breakpoint is written
+  (``cache_creation_input_tokens``) and every breakpoint's prefix cached; what follows is
+  ``input_tokens``. Prefixes shorter than `min_cacheable` tokens are never cached, as on
+  Anthropic (1024 for Sonnet). `delay_s` holds every answer (to measure latency).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+LOOKBACK = 20
+"""Blocks before a breakpoint that Anthropic checks for an earlier cached prefix."""
 
 
 def words(value: Any) -> int:
@@ -42,12 +48,13 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
 class CacheServer:
     def __init__(self, *, answer: str = "Thought: go.\nAction: look", min_cacheable: int = 0,
                  openai_cached: Callable[[int], int] | None = None, reasoning: int = 0,
-                 stated_cost: float | None = None) -> None:
+                 stated_cost: float | None = None, delay_s: float = 0.0) -> None:
         self.answer = answer
         self.min_cacheable = min_cacheable
         self.openai_cached = openai_cached
         self.reasoning = reasoning
         self.stated_cost = stated_cost
+        self.delay_s = delay_s
         self.cache: set[str] = set()
         self.requests: list[dict[str, Any]] = []
         self.usages: list[dict[str, Any]] = []
@@ -68,6 +75,7 @@ class CacheServer:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                time.sleep(owner.delay_s)
                 with owner.lock:
                     owner.requests.append(body)
                     reply = (owner._anthropic(body) if self.path.endswith("/messages")
@@ -111,19 +119,19 @@ class CacheServer:
         blocks = _blocks(body.get("system"))
         for message in body["messages"]:
             blocks += _blocks(message.get("content"))
-        marked = [i for i, b in enumerate(blocks) if b.get("cache_control")]
-        total = sum(words(b.get("text", "")) for b in blocks)
-        read = written = 0
-        if marked:
-            prefix = blocks[:marked[-1] + 1]
-            size = sum(words(b.get("text", "")) for b in prefix)
-            key = json.dumps([b.get("text") for b in prefix])
-            if size >= self.min_cacheable:
-                if key in self.cache:
-                    read = size
-                else:
-                    self.cache.add(key)
-                    written = size
+        sizes = [words(b.get("text", "")) for b in blocks]
+        total = sum(sizes)
+
+        def key(end: int) -> str:  # the prefix of blocks[:end]
+            return json.dumps([b.get("text") for b in blocks[:end]])
+
+        marks = [i + 1 for i, b in enumerate(blocks) if b.get("cache_control")
+                 and sum(sizes[:i + 1]) >= self.min_cacheable]
+        hit = max((end for mark in marks for end in range(max(1, mark - LOOKBACK), mark + 1)
+                   if key(end) in self.cache), default=0)
+        read = sum(sizes[:hit])
+        written = sum(sizes[:marks[-1]]) - read if marks and marks[-1] > hit else 0
+        self.cache.update(key(mark) for mark in marks)
         out = words(self.answer)
         return {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant",
                 "model": body["model"], "stop_reason": "end_turn", "stop_sequence": None,
