@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agentkd.config import MODES, Cascade, load_cascade, validated
@@ -140,7 +141,7 @@ def bench_alfworld(
             cascade_config["defer_loops"] = True
         validated(Cascade, cascade_config, "cascade")
     except AgentKDError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     config = BenchConfig(mode=mode, teacher=teacher, student=student, split=split,
                          episodes=episodes, offset=offset, stratify=stratify,
@@ -153,7 +154,7 @@ def bench_alfworld(
         run_id = run_with_progress(config, f"{mode} on {split}")
         _print_report(log, [run_id], as_json)
     except AgentKDError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -206,7 +207,7 @@ def demo(
         runs += [play(mode, "valid_seen", games, max_steps)
                  for mode in ("student", "icd", "distill")]
     except AgentKDError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     _print_report(log, runs)
     console.print(f"log: {log}\ndemos: {demos}\nagain: agentkd report --log {log}")

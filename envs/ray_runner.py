@@ -88,9 +88,11 @@ def connect(address: str) -> Any:
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as exc:
-        raise ConfigError(f"no Ray cluster at {address!r} ({exc}); start one with "
-                          f"`ray start --head`, or pass --ray local for a one-host cluster"
-                          ) from None
+        raise ConfigError(f"cannot join a Ray cluster at {address!r} ({exc}); start one "
+                          f"with `ray start --head`, or pass --ray local for a one-host "
+                          f"cluster. A cluster with token authentication needs "
+                          f"RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or "
+                          f"~/.ray/auth_token) in this shell") from None
     return ray
 
 
