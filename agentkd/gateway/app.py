@@ -73,8 +73,8 @@ class _QueueSink:
     def put(self, *item: Any) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
-    def begin(self, actor: str, verdict: str) -> None:
-        self.put("begin", actor, verdict)
+    def begin(self, headers: dict[str, str]) -> None:
+        self.put("begin", headers)
 
     def delta(self, delta: Delta) -> None:
         self.put("delta", delta)
@@ -177,10 +177,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         first = await queue.get()
         if first[0] == "error":
             raise first[1]
-        if first[0] == "begin":
-            answer = {"X-Agentkd-Actor": first[1], "X-Agentkd-Verdict": first[2]}
-        else:
-            answer = first[1].headers()
+        answer = first[1] if first[0] == "begin" else first[1].headers()
 
         async def events() -> AsyncIterator[str]:
             encoder = api.stream(call)

@@ -37,9 +37,10 @@ from agentkd.log import TrajectoryLog
 
 
 class StreamSink(Protocol):
-    """Where a streamed answer goes: `begin` once (who answers), then its `delta`s."""
+    """Where a streamed answer goes: `begin` once (the response headers: who answers),
+    then its `delta`s."""
 
-    def begin(self, actor: str, verdict: str) -> None: ...
+    def begin(self, headers: dict[str, str]) -> None: ...
 
     def delta(self, delta: Delta) -> None: ...
 
@@ -57,11 +58,30 @@ class Outcome:
     streamed: bool  # its deltas already went to the sink
 
     def headers(self) -> dict[str, str]:
-        out = {"X-Agentkd-Actor": self.actor, "X-Agentkd-Verdict": self.verdict,
-               "X-Agentkd-Run": self.run_id}
-        if self.episode is not None:
-            out["X-Agentkd-Episode"] = self.episode
-        return out
+        return answer_headers(self.actor, self.verdict, self.run_id, self.episode)
+
+
+def answer_headers(actor: str, verdict: str, run_id: str, episode: str | None
+                   ) -> dict[str, str]:
+    """The response headers that say who answered, in which run and episode."""
+    out = {"X-Agentkd-Actor": actor, "X-Agentkd-Verdict": verdict, "X-Agentkd-Run": run_id}
+    if episode is not None:
+        out["X-Agentkd-Episode"] = episode
+    return out
+
+
+class _Begun:
+    """Hands deltas to a sink, beginning its answer (the headers) with the first one: a
+    provider that fails before sending anything is answered with a plain error status."""
+
+    def __init__(self, sink: StreamSink, headers: dict[str, str]) -> None:
+        self.sink, self.headers, self.begun = sink, headers, False
+
+    def __call__(self, delta: Delta) -> None:
+        if not self.begun:
+            self.sink.begin(self.headers)
+            self.begun = True
+        self.sink.delta(delta)
 
 
 class Gateway:
@@ -131,10 +151,12 @@ class Gateway:
         if sink is not None:
             def teacher_call(messages: list[dict[str, Any]], kwargs: dict[str, Any],
                              role: str, verdict: str) -> llm.CallResult:
-                sink.begin("teacher", verdict)
-                streamed[0] = True
-                return streamed_call(distiller.teacher, messages, kwargs, role=role,
-                                     retries=distiller.teacher_retries, emit=sink.delta)
+                emit = _Begun(sink, answer_headers("teacher", verdict, distiller.run_id,
+                                                   live.key))
+                result = streamed_call(distiller.teacher, messages, kwargs, role=role,
+                                       retries=distiller.teacher_retries, emit=emit)
+                streamed[0] = emit.begun
+                return result
         try:
             response = distiller.serve_step(scope, call.messages, teacher_call=teacher_call,
                                             **call.params)
@@ -160,10 +182,11 @@ class Gateway:
         except Exception:  # litellm raises BadRequestError for a model it cannot route
             raise self._unknown(model) from None
         kwargs = {**upstream, **call.params}
-        if sink is not None:
-            sink.begin(PASSTHROUGH, PASSTHROUGH)
+        emit = _Begun(sink, answer_headers(PASSTHROUGH, PASSTHROUGH, self.passthrough_run,
+                                           None)) if sink is not None else None
+        if emit is not None:
             result = streamed_call(model, call.messages, kwargs, role=PASSTHROUGH, retries=0,
-                                   emit=sink.delta)
+                                   emit=emit)
         else:
             result = llm.complete(model, call.messages, role=PASSTHROUGH, **kwargs)
         self._log_passthrough(result.record)
@@ -172,7 +195,7 @@ class Gateway:
         if result.response is None:
             raise upstream_error(model, result.record.error or "")
         return Outcome(result.response, PASSTHROUGH, PASSTHROUGH, self.passthrough_run, None,
-                       result.record.cost_usd, sink is not None)
+                       result.record.cost_usd, emit is not None and emit.begun)
 
     def _unknown(self, model: str) -> GatewayError:
         served = ", ".join(repr(m) for m in self.model_names()) or "none configured"

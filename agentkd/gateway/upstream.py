@@ -1,7 +1,7 @@
 """A streamed provider call: chunks are handed on as they arrive, and the whole answer is
 rebuilt afterwards so it is logged and priced like any other call (`agentkd.llm.complete`).
 
-A stream that fails before its first chunk is retried as a plain call through
+A stream that fails or ends before its first chunk is retried as a plain call through
 `agentkd.llm.complete` (its retry budget and backoff), whose answer is then handed on in
 one piece; one that fails midway cannot be retried (the client has part of it already).
 """
@@ -28,6 +28,7 @@ def streamed_call(model: str, messages: list[dict[str, Any]], kwargs: dict[str, 
     record = CallRecord(role=role, model=model, provider=llm.provider_of(model))
     chunks: list[Any] = []
     start = time.perf_counter()
+    failure: Exception | None = None
     try:
         for chunk in llm.raw_completion(model=model, messages=messages, stream=True,
                                         stream_options={"include_usage": True},
@@ -37,15 +38,17 @@ def streamed_call(model: str, messages: list[dict[str, Any]], kwargs: dict[str, 
             if delta is not None:
                 emit(delta)
     except Exception as exc:
-        if not chunks:
-            result = llm.complete(model, messages, role=role, retries=retries, **kwargs)
-            result.record.latency_ms = (time.perf_counter() - start) * 1000
-            if result.response is not None:
-                for delta in deltas_of(result.response):
-                    emit(delta)
-            return result
-        record.error = scrub(f"{type(exc).__name__} after {len(chunks)} streamed chunks: "
-                             f"{exc}")[:2000]
+        failure = exc
+    if not chunks:
+        result = llm.complete(model, messages, role=role, retries=retries, **kwargs)
+        result.record.latency_ms = (time.perf_counter() - start) * 1000
+        if result.response is not None:
+            for delta in deltas_of(result.response):
+                emit(delta)
+        return result
+    if failure is not None:
+        record.error = scrub(f"{type(failure).__name__} after {len(chunks)} streamed chunks: "
+                             f"{failure}")[:2000]
     record.latency_ms = (time.perf_counter() - start) * 1000
     built = litellm.stream_chunk_builder(chunks, messages=messages) if chunks else None
     response = built if isinstance(built, litellm.ModelResponse) else None
