@@ -91,4 +91,5 @@ def test_overview_kpi_and_chart_leave_out_withheld_runs(url: str) -> None:
     kpis: dict[str, Any] = {key: (label, value) for key, label, value, _ in page.kpis}
     assert kpis["best_relative_cost"] == ("lowest relative cost (distill)", 0.25)
     (chart,) = [c for c in page.charts if c.name == "accuracy_vs_cost"]
-    assert "student" not in chart.figure["data"][0]["text"]
+    names = [trace["name"] for trace in chart.figure["data"]]  # a trace per run
+    assert "distill (distill)" in names and not any(n.startswith("student") for n in names)

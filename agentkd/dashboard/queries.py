@@ -45,6 +45,7 @@ from agentkd.dashboard.rollup import (
     IDX_CAP,
     UNANIMOUS,
     Rollup,
+    calls_by_minute,
     calls_rollup,
     steps_by_agreement,
     steps_by_idx,
@@ -64,6 +65,13 @@ CURVE_WINDOW = 10
 """Episodes each point of the cascade page's learning curves averages over."""
 CURVE_MAX_POINTS = 2000
 """A run with more finished episodes has its learning curves thinned to this many points."""
+RATE_AXIS = {"tickformat": ".0%", "range": [0, 1]}
+"""A y axis of rates: 0..100% whatever the data (autorange shows -100% when all are 0)."""
+TIME_BINS = ((timedelta(hours=2), "minute", timedelta(minutes=1)),
+             (timedelta(days=5), "hour", timedelta(hours=1)),
+             (timedelta.max, "day", timedelta(days=1)))
+"""(largest span in view, bin name, bin width): spend over time is binned by the range in
+view, so a run of minutes gets bars per minute and a month one per day."""
 
 # ---- plain data --------------------------------------------------------------------------
 
@@ -224,6 +232,77 @@ class _EpisodeSlice(TrajectoryLog):
         return session
 
 
+def _cache_figures(row: dict[str, Any]) -> None:
+    """Add a row's cache hit share and saving (from its token and spend sums)."""
+    row["cache_hit_share"] = _ratio(row["cached_tokens"], row["prompt_tokens"])
+    row["cache_saving_usd"] = row["uncached_usd"] - row["spend"]
+
+
+def _who(role: str) -> str:
+    if role in TEACHER_ROLES:
+        return "teacher"
+    return role if role in ("student", "memory") else "other"
+
+
+def _spend_over_time(minutes: list[dict[str, Any]]) -> Chart:
+    """Stacked spend per bin by who was called, the bin (minute, hour, day) fitting the
+    span of the calls in view (`TIME_BINS`)."""
+    stamps = [datetime.fromisoformat(r["minute"]) for r in minutes]
+    span = max(stamps) - min(stamps) if stamps else timedelta(0)
+    name, width = next((n, w) for limit, n, w in TIME_BINS if span <= limit)
+    cut = {"minute": {}, "hour": {"minute": 0}, "day": {"hour": 0, "minute": 0}}[name]
+    sums: dict[tuple[datetime, str], float] = {}
+    for stamp, row in zip(stamps, minutes, strict=True):
+        key = (stamp.replace(**cut), _who(row["role"]))  # type: ignore[arg-type]
+        sums[key] = sums.get(key, 0.0) + row["usd"]
+    bins = sorted({b for b, _ in sums})
+    return Chart("spend_over_time", f"Spend per {name}, by who was called", {
+        "data": [{"type": "bar", "name": who, "x": [b.isoformat(sep=" ") for b in bins],
+                  "y": [sums.get((b, who), 0.0) for b in bins],
+                  # Plotly's default width on a date axis is the gap between bars: with one
+                  # bar that is a sliver. Bars span 90% of their bin.
+                  "width": width.total_seconds() * 1000 * 0.9,
+                  "hovertemplate": "%{x}<br>$%{y:.5f}<extra>" + who + "</extra>"}
+                 for who in ("teacher", "student", "memory", "other")
+                 if any(sums.get((b, who)) for b in bins)],
+        "layout": {"barmode": "stack", "xaxis": {"type": "date"},
+                   "yaxis": {"title": {"text": "USD"}}},
+    })
+
+
+def _cumulative_spend(minutes: list[dict[str, Any]]) -> Chart:
+    """Each run's cumulative spend against the time since its first call in view, in
+    minutes, hours or days (whichever fits the longest run), starting from $0."""
+    runs: dict[str, list[tuple[datetime, float]]] = {}
+    for row in minutes:
+        runs.setdefault(row["run_id"], []).append(
+            (datetime.fromisoformat(row["minute"]), row["usd"]))
+    one = timedelta(minutes=1)  # a minute's spend is drawn at the end of that minute
+    longest = max((max(t for t, _ in p) - min(t for t, _ in p) + one for p in runs.values()),
+                  default=one)
+    unit, size = next((n, w) for limit, n, w in TIME_BINS if longest <= limit)
+    data = []
+    for run, points in runs.items():
+        first = min(t for t, _ in points)
+        per_minute: dict[datetime, float] = {}
+        for stamp, usd in points:
+            per_minute[stamp] = per_minute.get(stamp, 0.0) + usd
+        x, y, total = [0.0], [0.0], 0.0
+        for stamp in sorted(per_minute):
+            total += per_minute[stamp]
+            x.append((stamp - first + one) / size)
+            y.append(total)
+        data.append({"type": "scatter", "mode": "lines+markers", "name": run, "x": x, "y": y,
+                     "hovertemplate": f"{run}<br>%{{x:.1f}} {unit}s in: $%{{y:.5f}}"
+                                      "<extra></extra>"})
+    return Chart("cumulative_by_run", "Cumulative spend per run", {
+        "data": data,
+        "layout": {"xaxis": {"title": {"text": f"{unit}s since the run's first call"},
+                             "rangemode": "tozero"},
+                   "yaxis": {"title": {"text": "USD"}, "rangemode": "tozero"}},
+    })
+
+
 # ---- the dashboard's reader ----------------------------------------------------------------
 
 
@@ -374,14 +453,19 @@ class Dashboard:
         }))
         scored = [s for s in summaries if s.relative_cost is not None
                   and s.success_rate is not None]
+        # One trace per run, named in the legend and the tooltip: run ids written beside
+        # the markers pile into one unreadable blob when runs score alike.
         page.charts.append(Chart("accuracy_vs_cost", "Success rate vs relative cost", {
-            "data": [{"type": "scatter", "mode": "markers+text",
-                      "x": [s.relative_cost for s in scored],
-                      "y": [s.success_rate for s in scored],
-                      "text": [s.run_id for s in scored], "textposition": "top center",
-                      "marker": {"size": 12}}],
-            "layout": {"xaxis": {"title": {"text": "relative cost (× teacher)"}},
-                       "yaxis": {"title": {"text": "success rate"}, "tickformat": ".0%"}},
+            "data": [{"type": "scatter", "mode": "markers", "name": f"{s.run_id} ({s.mode})",
+                      "x": [s.relative_cost], "y": [s.success_rate],
+                      "marker": {"size": 12}, "cliponaxis": False,
+                      "hovertemplate": f"{s.run_id} ({s.mode})<br>relative cost %{{x:.2f}}×"
+                                       "<br>success %{y:.0%}<extra></extra>"}
+                     for s in scored],
+            "layout": {"xaxis": {"title": {"text": "relative cost (× teacher)"},
+                                 "rangemode": "tozero"},
+                       "yaxis": {"title": {"text": "success rate"}, **RATE_AXIS},
+                       "legend": {"orientation": "v", "x": 1.02, "y": 1}},
         }))
         return page
 
@@ -421,28 +505,64 @@ class Dashboard:
                      ("teacher_spend", "teacher", sum(r["teacher_usd"] for r in by_day), "usd"),
                      ("student_spend", "student", sum(r["student_usd"] for r in by_day), "usd"),
                      ("memory_spend", "memory", sum(r["memory_usd"] for r in by_day), "usd")]
-        days = [r["day"] for r in by_day]
-        page.charts.append(Chart("spend_by_day", "Spend per day, by who was called", {
-            "data": [{"type": "bar", "name": label, "x": days, "y": [r[key] for r in by_day]}
-                     for key, label in (("teacher_usd", "teacher"), ("student_usd", "student"),
-                                        ("memory_usd", "memory"), ("other_usd", "other"))
-                     if any(r[key] for r in by_day)],
-            "layout": {"barmode": "stack", "yaxis": {"title": {"text": "USD"}}},
-        }))
-        cumulative = self._rollup_rows(
-            select(t.c.run_id, t.c.day, func.sum(t.c.cost_usd).label("usd")).where(where)
-            .group_by(t.c.run_id, t.c.day).order_by(t.c.run_id, t.c.day))
-        lines: dict[str, dict[str, list[Any]]] = {}
-        for row in cumulative:
-            line = lines.setdefault(row["run_id"], {"x": [], "y": []})
-            line["x"].append(row["day"])
-            line["y"].append((line["y"][-1] if line["y"] else 0.0) + row["usd"])
-        page.charts.append(Chart("cumulative_by_run", "Cumulative spend per run", {
-            "data": [{"type": "scatter", "mode": "lines", "name": run, **xy}
-                     for run, xy in lines.items()],
-            "layout": {"yaxis": {"title": {"text": "USD"}}},
-        }))
+        self._cache_section(page, where)
+        m = calls_by_minute
+        minutes = self._rollup_rows(
+            select(m.c.minute, m.c.run_id, m.c.role, func.sum(m.c.cost_usd).label("usd"))
+            .where(self._rollup_where(m, f, self.selected_runs(f)))
+            .group_by(m.c.minute, m.c.run_id, m.c.role).order_by(m.c.minute))
+        page.charts.append(_spend_over_time(minutes))
+        page.charts.append(_cumulative_spend(minutes))
         return page
+
+    def _cache_section(self, page: Page, where: ColumnElement[bool]) -> None:
+        """Prompt caching per run and model: hit share, spend with and without the credit."""
+        t = calls_rollup
+        rows = self._rollup_rows(
+            select(t.c.run_id, t.c.model, func.sum(t.c.calls).label("calls"),
+                   func.sum(t.c.prompt_tokens).label("prompt_tokens"),
+                   func.sum(t.c.cached_tokens).label("cached_tokens"),
+                   func.sum(t.c.cache_write_tokens).label("cache_write_tokens"),
+                   func.sum(t.c.cost_usd).label("spend"),
+                   func.sum(t.c.uncached_cost_usd).label("uncached_usd"))
+            .where(where).group_by(t.c.run_id, t.c.model).order_by(t.c.run_id, t.c.model))
+        runs: dict[str, dict[str, float]] = {}
+        for row in rows:
+            _cache_figures(row)
+            run = runs.setdefault(row["run_id"], {"spend": 0.0, "uncached_usd": 0.0})
+            run["spend"] += row["spend"]
+            run["uncached_usd"] += row["uncached_usd"]
+        total = {key: sum(r[key] for r in rows) for key in
+                 ("prompt_tokens", "cached_tokens", "spend", "uncached_usd")}
+        _cache_figures(total)
+        page.kpis += [("cache_hit_share", "prompt-cache hit share", total["cache_hit_share"],
+                       "pct"),
+                      ("cache_saving", "saved by the prompt cache", total["cache_saving_usd"],
+                       "usd"),
+                      ("uncached_spend", "spend without cache credit", total["uncached_usd"],
+                       "usd")]
+        page.tables.append(DataTable("cache_by_run_model", "Prompt cache per run and model", [
+            Col("run_id", "run", "run"), Col("model", "model"), Col("calls", "calls", "int"),
+            Col("prompt_tokens", "prompt tokens", "int"),
+            Col("cached_tokens", "cached tokens", "int"),
+            Col("cache_write_tokens", "cache writes", "int"),
+            Col("cache_hit_share", "cache hit share", "pct"), Col("spend", "spend", "usd"),
+            Col("uncached_usd", "spend without cache credit", "usd"),
+            Col("cache_saving_usd", "saving", "usd")], rows,
+            note="Cache hit share: prompt tokens read from the provider's prompt cache (or "
+                 "llama.cpp's KV cache) over all prompt tokens. Without cache credit every "
+                 "prompt token is billed at the input price; the saving is the difference "
+                 "(negative where cache writes cost more than the reads saved). Calls logged "
+                 "before cache tokens were recorded count as uncached."))
+        names = list(runs)
+        page.charts.append(Chart("cache_saving_by_run", "Spend with and without cache credit", {
+            "data": [{"type": "bar", "name": label, "x": names,
+                      "y": [runs[r][key] for r in names],
+                      "hovertemplate": "%{x}<br>$%{y:.5f}<extra>" + label + "</extra>"}
+                     for key, label in (("spend", "billed (with cache credit)"),
+                                        ("uncached_usd", "without cache credit"))],
+            "layout": {"barmode": "group", "yaxis": {"title": {"text": "USD"}}},
+        }))
 
     def cascade(self, f: Filters) -> Page:
         self.refresh()
@@ -513,14 +633,14 @@ class Dashboard:
         page.charts.append(Chart("rate_by_task", "Teacher-call rate by task type", {
             "data": [{"type": "bar", "x": [r["task_type"] for r in by_task],
                       "y": [r["teacher_call_rate"] for r in by_task]}],
-            "layout": {"yaxis": {"tickformat": ".0%"}},
+            "layout": {"yaxis": RATE_AXIS},
         }))
         page.charts.append(Chart("rate_by_step", "Teacher-call rate by step index", {
-            "data": [{"type": "scatter", "mode": "lines+markers",
+            "data": [{"type": "scatter", "mode": "lines+markers", "cliponaxis": False,
                       "x": [r["step"] for r in by_idx],
                       "y": [r["teacher_call_rate"] for r in by_idx]}],
             "layout": {"xaxis": {"type": "category", "title": {"text": "step index"}},
-                       "yaxis": {"tickformat": ".0%"}},
+                       "yaxis": RATE_AXIS},
         }))
         self._curve_charts(page, f, run_ids)
         return page
@@ -543,6 +663,7 @@ class Dashboard:
 
         def lines(value: str, hover: str) -> list[dict[str, Any]]:
             return [{"type": "scatter", "mode": "lines", "name": f"{run} ({modes.get(run)})",
+                     "cliponaxis": False,
                      "x": [p.served for p in points], "y": [getattr(p, value) for p in points],
                      "hovertemplate": "episode %{x}: " + hover}
                     for run, points in shown.items()]
@@ -552,7 +673,7 @@ class Dashboard:
             "data": lines("mean_teacher_call_rate", "%{y:.1%}"),
             "layout": {"xaxis": served, "yaxis": {
                 "title": {"text": f"teacher-call rate (mean of last {CURVE_WINDOW})"},
-                "tickformat": ".0%", "range": [-0.03, 1.05]}},
+                **RATE_AXIS}},
         }))
         page.charts.append(Chart("cost_curve", "Cost per episode as the run goes", {
             "data": lines("mean_cost_usd", "$%{y:.5f}"),

@@ -79,7 +79,26 @@ calls_rollup = Table(
     Column("cost_usd", Float, nullable=False),
     Column("latency_ms", Float, nullable=False),
     Column("errors", Integer, nullable=False),
+    # Prompt caching; calls logged before it was recorded count as uncached.
+    Column("cached_tokens", Integer, nullable=False),
+    Column("cache_write_tokens", Integer, nullable=False),
+    Column("uncached_cost_usd", Float, nullable=False),
     PrimaryKeyConstraint("tail", "day", "run_id", "task_type", "role", "model"),
+)
+
+# Spend over time at minute resolution, for charts of runs that last minutes: the cost page
+# bins it by minutes, hours or days depending on the range in view.
+calls_by_minute = Table(
+    "calls_by_minute", META,
+    Column("tail", Integer, nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("minute", String(16), nullable=False),  # 'YYYY-MM-DD HH:MM', UTC
+    Column("run_id", String, nullable=False),
+    Column("task_type", String, nullable=False),
+    Column("role", String, nullable=False),
+    Column("calls", Integer, nullable=False),
+    Column("cost_usd", Float, nullable=False),
+    PrimaryKeyConstraint("tail", "day", "minute", "run_id", "task_type", "role"),
 )
 
 steps_by_idx = Table(
@@ -120,6 +139,15 @@ def day_of(column: Any, dialect: str) -> ColumnElement[Any]:
     return cast(column, Date)  # other dialects: a DATE, turned into text when merged
 
 
+def minute_of(column: Any, dialect: str) -> ColumnElement[Any]:
+    """'YYYY-MM-DD HH:MM' text of a timestamp column, in the log's SQL dialect."""
+    if dialect == "sqlite":
+        return func.strftime("%Y-%m-%d %H:%M", column)
+    if dialect == "postgresql":
+        return func.to_char(column, "YYYY-MM-DD HH24:MI")
+    return func.substr(cast(column, String), 1, 16)
+
+
 def agreement_bucket(column: Any) -> ColumnElement[int]:
     # A CASE ladder, not floor(): SQLite lacks floor() unless built with math functions and
     # CAST rounds on PostgreSQL but truncates on SQLite.
@@ -147,6 +175,7 @@ def _calls_delta(dialect: str, lo: int, hi: int) -> Select[Any]:
     rows = (
         select(
             day_of(c.c.created_at, dialect).label("day"),
+            minute_of(c.c.created_at, dialect).label("minute"),
             c.c.run_id,
             func.coalesce(e.c.task_type, "").label("task_type"),
             c.c.role,
@@ -157,6 +186,9 @@ def _calls_delta(dialect: str, lo: int, hi: int) -> Select[Any]:
             c.c.cost_usd,
             c.c.latency_ms,
             case((c.c.error.is_not(None), 1), else_=0).label("failed"),
+            func.coalesce(c.c.cached_tokens, 0).label("cached_tokens"),
+            func.coalesce(c.c.cache_write_tokens, 0).label("cache_write_tokens"),
+            func.coalesce(c.c.uncached_cost_usd, c.c.cost_usd).label("uncached_cost_usd"),
         )
         .select_from(c.outerjoin(e, e.c.id == c.c.episode_id))
         .where(c.c.id > lo, c.c.id <= hi)
@@ -164,7 +196,8 @@ def _calls_delta(dialect: str, lo: int, hi: int) -> Select[Any]:
     )
     # Grouping over a subquery's plain columns: PostgreSQL rejects GROUP BY expressions whose
     # bound parameters differ from the SELECT list's, which repeated CASE expressions would.
-    keys = (rows.c.day, rows.c.run_id, rows.c.task_type, rows.c.role, rows.c.model)
+    keys = (rows.c.day, rows.c.minute, rows.c.run_id, rows.c.task_type, rows.c.role,
+            rows.c.model)
     return select(
         *keys,
         func.count().label("calls"),
@@ -174,6 +207,9 @@ def _calls_delta(dialect: str, lo: int, hi: int) -> Select[Any]:
         func.sum(rows.c.cost_usd).label("cost_usd"),
         func.sum(rows.c.latency_ms).label("latency_ms"),
         func.sum(rows.c.failed).label("errors"),
+        func.sum(rows.c.cached_tokens).label("cached_tokens"),
+        func.sum(rows.c.cache_write_tokens).label("cache_write_tokens"),
+        func.sum(rows.c.uncached_cost_usd).label("uncached_cost_usd"),
     ).group_by(*keys)
 
 
@@ -203,12 +239,13 @@ def _steps_delta(dialect: str, lo: int, hi: int) -> Select[Any]:
 
 
 SOURCES = (
-    _Source("llm_calls", LLMCall.__table__, _calls_delta, (calls_rollup,)),  # type: ignore[arg-type]
+    _Source("llm_calls", LLMCall.__table__, _calls_delta,  # type: ignore[arg-type]
+            (calls_rollup, calls_by_minute)),
     _Source("steps", Step.__table__, _steps_delta,  # type: ignore[arg-type]
             (steps_by_idx, steps_by_agreement)),
 )
 ROLLUPS = tuple(target for source in SOURCES for target in source.targets)
-VERSION = f"1/idx{IDX_CAP}"
+VERSION = f"2/idx{IDX_CAP}/minutes/cache"
 """Changes whenever the rollup tables change meaning; a cache of another version is dropped."""
 
 
