@@ -206,10 +206,11 @@ class AlfWorldEnv:
     def _state_after_expert_failure(self) -> tuple[Any, float, bool]:
         # alfworld's wrapper steps the game, then asks the handcoded expert for its next
         # action; in states a student made the expert can time out or crash (it draws from
-        # an empty list of objects of interest). The game did take the step: keep its state,
-        # with no expert suggestion, instead of losing the episode or replaying the action.
+        # an empty list of objects of interest). The game did take the step: keep its state
+        # instead of losing the episode or replaying the action, and suggest "look", as
+        # alfworld itself does when the expert's action is not admissible.
         state = self._env.state
-        state["extra.expert_plan"] = []
+        state["extra.expert_plan"] = ["look"]
         won = bool(state["won"])
         return state, float(won), won or bool(state.get("lost"))
 

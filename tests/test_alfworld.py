@@ -59,7 +59,7 @@ def test_a_step_the_handcoded_expert_crashes_on_is_still_taken():
         feedback, reward, done, info = env.step("go to drawer 7")
         assert feedback == ("You arrive at drawer 7. "
                             "On the drawer 7, you see a cd 2, and a keychain 4.")
-        assert (reward, done, info["expert_action"]) == (0.0, False, None)
+        assert (reward, done, info["expert_action"]) == (0.0, False, "look")
         assert env.history[-1] == ("go to drawer 7", feedback)
         for _ in range(20):  # the rescuing teacher still finishes the task from here
             if env.step(env.teacher_action("rescue"))[2]:
