@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1,
                         help="games played at once (each worker gets cores / W threads)")
+    parser.add_argument("--ray", default=None,
+                        help="play on a one-node Ray cluster (auto, local or HOST:PORT; the "
+                             "log is SQLite): --workers actors, 0 for one per CPU")
     parser.add_argument("--placement", default=None,
                         help="where demos go: system | before_observation (default: Retrieval's)")
     args = parser.parse_args()
@@ -95,7 +98,7 @@ def main() -> None:
         start = time.perf_counter()
         _, outcomes = run_bench(BenchConfig(
             mode=mode, teacher=args.teacher, student=args.student, split=split, episodes=games,
-            stratify=True, workers=args.workers,
+            stratify=True, workers=args.workers, ray=args.ray,
             demos=demos if mode in ("collect", "icd", "distill") else None, log=log,
             run=run_id, resume=True, max_steps=steps, retrieval=retrieval),
             on_episode=lambda o, m=mode: console.print(
