@@ -153,15 +153,21 @@ def test_tiny_real_run_lowers_validation_loss_resumes_and_serves_back(tmp_path):
     write(tmp_path / "alf.val.jsonl", [episode(p, o) for p in places[:3] for o in objs[3:5]])
     config = TrainConfig(data=data, base=SMOLLM, out=tmp_path / "student", epochs=1,
                          grad_accum=2, max_length=256, save_steps=3, threads=2, gguf=True)
-    report = train(config, log=lambda m: None)
+    said: list[str] = []
+    report = train(config, log=said.append)
     assert report.steps == 9 and report.train_records == 18
+    assert [line for line in said if line.startswith("resuming")] == []  # a fresh start
     assert report.eval_loss_before is not None and report.eval_loss_after is not None
     assert report.eval_loss_after < report.eval_loss_before
     assert report.tuned_eval is not None and report.tuned_eval.targets == 12
     assert (tmp_path / "student" / "adapter" / "adapter_config.json").is_file()
 
-    # Rerunning the command resumes from the last checkpoint instead of starting over.
-    again = train(config, log=lambda m: None)
+    # Rerunning the command resumes from the last checkpoint instead of starting over (a
+    # fresh run would reach step 9 too: the line says which it was).
+    said.clear()
+    again = train(config, log=said.append)
+    last = tmp_path / "student" / "checkpoints" / "checkpoint-9"  # save_steps=3, 9 steps
+    assert [line for line in said if line.startswith("resuming")] == [f"resuming from {last}"]
     assert again.steps == 9
 
     # The merged student plugs back in through the local llama.cpp backend.
