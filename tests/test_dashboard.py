@@ -188,8 +188,18 @@ def test_overview_is_run_summaries(seeded: Seeded, dash: Dashboard) -> None:
     for run, values in expected_runs(seeded).items():
         for key, value in values.items():
             assert by_run[run][key] == pytest.approx(value), (run, key)
-    assert by_run["distill-1"]["relative_cost"] < 1.0
-    assert by_run["distill-1"]["break_even_episodes"] > 0
+    # The saving against the teacher on the tasks both finished, straight from SQL.
+    finished = "status IN ('success', 'failure')"
+    ((teacher_cpe,),) = seeded.sql(
+        f"SELECT avg(cost_usd) FROM episodes WHERE run_id = 'teacher-1' AND {finished} AND "
+        f"task_id IN (SELECT task_id FROM episodes WHERE run_id = 'distill-1' AND {finished})")
+    ((run_cpe,),) = seeded.sql(
+        f"SELECT avg(cost_usd) FROM episodes WHERE run_id = 'distill-1' AND {finished} AND "
+        f"task_id IN (SELECT task_id FROM episodes WHERE run_id = 'teacher-1' AND {finished})")
+    ((collection,),) = seeded.sql("SELECT sum(cost_usd) FROM episodes WHERE run_id = 'collect-1'")
+    assert by_run["distill-1"]["relative_cost"] == pytest.approx(run_cpe / teacher_cpe)
+    assert by_run["distill-1"]["break_even_episodes"] == pytest.approx(
+        collection / (teacher_cpe - run_cpe))
 
 
 def test_overview_filters(seeded: Seeded, dash: Dashboard) -> None:
@@ -670,6 +680,19 @@ class Tab:
         td = row.locator(f'td[data-col="{col}"]')
         return td.inner_text().strip(), td.get_attribute("data-value") or ""
 
+    def charts(self) -> dict[str, dict[str, Any]]:
+        """What Plotly drew for each chart on the page: its marks of data with a visible
+        size (bars, markers, lines), text labels, legend entries and axis ranges."""
+        return {c["name"]: c for c in self.page.evaluate(CHART_PROBE)}
+
+    def check_charts_drawn(self) -> dict[str, dict[str, Any]]:
+        """Every chart on the page shows data: at least one visible bar, marker or line."""
+        charts = self.charts()
+        assert charts, "no charts on the page"
+        for name, chart in charts.items():
+            assert chart["marks"] > 0, f"chart {name!r} draws nothing: {chart}"
+        return charts
+
     def check_clean(self) -> None:
         assert not self.errors, self.errors
         foreign = [u for u in self.requests if not u.startswith(self.base)]
@@ -677,6 +700,20 @@ class Tab:
 
     def close(self) -> None:
         self.context.close()
+
+
+CHART_PROBE = """() => Array.from(document.querySelectorAll('.chart[data-rendered]')).map(el => {
+  const visible = node => { const b = node.getBoundingClientRect();
+                            return b.width > 0.5 || b.height > 0.5; };
+  const marks = el.querySelectorAll(
+    '.barlayer .point path, .scatterlayer path.point, .scatterlayer path.js-line');
+  const axis = name => (el._fullLayout[name] || {}).range || null;
+  return {name: el.id.replace(/^chart-/, ''),
+          marks: Array.from(marks).filter(visible).length,
+          labels: el.querySelectorAll('.scatterlayer .textpoint').length,
+          legend: el.querySelectorAll('.legend .traces').length,
+          traces: el.data.length, x: axis('xaxis'), y: axis('yaxis')};
+})"""
 
 
 @pytest.mark.browser
@@ -695,6 +732,10 @@ def test_browser_pages_show_sql_numbers(browser: Any, server: str, seeded: Seede
         (total,), = seeded.sql("SELECT sum(cost_usd) FROM episodes")
         kpi = page.locator('[data-kpi="total_spend"] .kpi-value').inner_text()
         assert kpi == fmt(total, "usd")
+        scatter = tab.check_charts_drawn()["accuracy_vs_cost"]
+        # Runs are told apart by the legend (and tooltips), not by labels piled on the points.
+        assert scatter["labels"] == 0 and scatter["legend"] == scatter["traces"] > 1
+        assert scatter["y"][0] >= 0 and scatter["y"][1] <= 1
         page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
         tab.open("/costs")
@@ -702,6 +743,10 @@ def test_browser_pages_show_sql_numbers(browser: Any, server: str, seeded: Seede
             for who in ("teacher", "student", "memory"):
                 shown, _ = tab.cell("costs_by_day", "day", day, f"{who}_usd")
                 assert shown == fmt(split.get(who, 0.0), "usd"), (day, who)
+        charts = tab.check_charts_drawn()
+        assert set(charts) == {"spend_over_time", "cumulative_by_run", "cache_saving_by_run"}
+        # The three days' noon calls, binned by hour over a two-day span; elapsed time in hours.
+        assert charts["cumulative_by_run"]["x"][1] >= 24
         tab.page.screenshot(path=str(shots / "costs.png"), full_page=True)
 
         tab.open("/cascade")
@@ -711,6 +756,9 @@ def test_browser_pages_show_sql_numbers(browser: Any, server: str, seeded: Seede
             assert tab.cell("agreement", "agreement", label, "teacher_steps")[0] == \
                 fmt(teacher, "int")
         assert "no teacher labels" in tab.page.inner_text("main")
+        charts = tab.check_charts_drawn()
+        for name in ("rate_by_task", "rate_by_step", "teacher_rate_curve"):
+            assert charts[name]["y"] == [0, 1], name  # never below 0% nor above 100%
         tab.page.screenshot(path=str(shots / "cascade.png"), full_page=True)
 
         tab.open("/models")

@@ -66,11 +66,14 @@ def test_distill_accepts_unanimous_student_and_defers_on_disagreement(scripted, 
     student_requests = [r for r in scripted.received if r[0] == STUDENT]
     assert len(student_requests) == 3 and all(r[2]["n"] == 3 for r in student_requests)
     assert all(r[2]["temperature"] == 0.1 for r in student_requests)
+    # Whitespace words: the prompt grows by each answer and observation; the student's n=3
+    # request bills its prompt once and its three answers.
+    assert [(c.prompt_tokens, c.completion_tokens) for c in calls] == [
+        (16, 18), (24, 10), (24, 4), (30, 10), (30, 4)]
     for call in calls:
         price = (10.0, 20.0) if call.model == TEACHER else (1.0, 2.0)
         expected = (call.prompt_tokens * price[0] + call.completion_tokens * price[1]) / 1e6
         assert call.cost_usd == pytest.approx(expected)
-        assert call.prompt_tokens > 0 and call.completion_tokens > 0
     assert episode.cost_usd == pytest.approx(sum(c.cost_usd for c in calls))
     # Each step logs only the turns that are new since the previous step.
     assert len(steps[0].new_messages) == 2 and len(steps[1].new_messages) == 2
