@@ -22,8 +22,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from agentkd.gateway.server import running
-
 Responder = Callable[[str, dict[str, Any]], list[dict[str, Any]]]
 
 
@@ -82,6 +80,9 @@ class Upstream:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
+        if scope["method"] == "GET":
+            await _send(send, 200, {"requests": dict(self.requests)})
+            return
         raw = b""
         while True:
             message = await receive()
@@ -128,7 +129,7 @@ class Upstream:
 
     def __enter__(self) -> Upstream:
         self._serving = contextlib.ExitStack()
-        self._url = self._serving.enter_context(running(self))
+        self._url = self._serving.enter_context(serve_app(self))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -167,4 +168,46 @@ async def _send(send: Any, status: int, payload: dict[str, Any],
     await send({"type": "http.response.body", "body": data})
 
 
-serve_app = running  # any ASGI app on a free loopback port: yields its base URL (no /v1)
+def serve_app(app: Any) -> contextlib.AbstractContextManager[str]:
+    """Any ASGI app on a free loopback port; yields its base URL (no /v1)."""
+    from agentkd.gateway.server import running  # here: the benchmark's upstream needs none
+
+    return running(app)
+
+
+def bench_responder(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The benchmark's agent: the teacher names a command; the student's samples agree,
+    except on requests whose text ends in 7 (one in ten), where they split."""
+    n = int(body.get("n") or 1)
+    text = str(body["messages"][-1].get("content", ""))
+    if "student" in model and text.endswith("7"):
+        return [{"content": f"Action: open drawer {i}"} for i in range(n)]
+    return [{"content": "Thought: the map says so.\nAction: go to desk 1"} for _ in range(n)]
+
+
+def main() -> None:
+    """Serve `Upstream(bench_responder)` on a port until killed; prints ``PORT <n>``."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    args = parser.parse_args()
+    config = uvicorn.Config(Upstream(bench_responder, latency_s=args.latency_ms / 1000),
+                            host="127.0.0.1", port=args.port, log_level="error", backlog=4096)
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        print(f"PORT {server.servers[0].sockets[0].getsockname()[1]}", flush=True)
+        await task
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -278,3 +278,24 @@ def test_curl_example(gateway):
     answer = json.loads(out.stdout)
     assert answer["object"] == "chat.completion"
     assert answer["choices"][0]["message"]["content"] == "Thought: the desk.\nAction: go to desk 1"
+
+
+def test_idle_episodes_are_closed(tmp_path, upstream):
+    gw = Gateway(make_config(tmp_path, upstream).model_copy(update={"idle_timeout_s": 0.3}))
+    with serve_app(create_app(gw)) as url:
+        oai = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-idle-0123456", max_retries=0)
+        oai.chat.completions.create(model=TEACHER, messages=[{"role": "user", "content": "a"}],
+                                    extra_headers={"X-Agentkd-Episode": "idle-1"})
+        (episode,) = gw.log.episodes(gw.routes[TEACHER].run_id)
+        assert episode.status == "running"
+        import time
+
+        deadline = time.monotonic() + 10  # the sweeper runs every timeout/4
+        while gw.log.episode(episode.id).status == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        closed = gw.log.episode(episode.id)
+        assert (closed.status, closed.success, closed.n_steps) == ("done", None, 1)
+        # The same header now opens a new episode.
+        oai.chat.completions.create(model=TEACHER, messages=[{"role": "user", "content": "b"}],
+                                    extra_headers={"X-Agentkd-Episode": "idle-1"})
+        assert [e.task_id for e in gw.log.episodes(gw.routes[TEACHER].run_id)] == ["idle-1"] * 2
