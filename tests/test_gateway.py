@@ -299,3 +299,26 @@ def test_idle_episodes_are_closed(tmp_path, upstream):
         oai.chat.completions.create(model=TEACHER, messages=[{"role": "user", "content": "b"}],
                                     extra_headers={"X-Agentkd-Episode": "idle-1"})
         assert [e.task_id for e in gw.log.episodes(gw.routes[TEACHER].run_id)] == ["idle-1"] * 2
+
+
+def test_serve_command_refuses_bad_configs_clearly(tmp_path):
+    from typer.testing import CliRunner
+
+    from agentkd.cli import app as cli
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["serve", *args])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        return " ".join(result.output.split())
+
+    assert "name a teacher (--teacher MODEL) or a config file" in run()
+    assert f"no gateway config at {tmp_path / 'nope.toml'}" in run(
+        "--config", str(tmp_path / "nope.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[route]]\nteacher = "openai/x"\nmode = "sometimes"\n')
+    assert f"{bad}: route.0: Value error, unknown mode 'sometimes'; choose one of" in run(
+        "--config", str(bad))
+    bad.write_text('[[key]]\nname = "k"\n')
+    assert "key.0: Value error, key 'k' needs exactly one of 'key' or 'key_env'" in run(
+        "--config", str(bad), "--teacher", TEACHER, "--mode", "teacher")
