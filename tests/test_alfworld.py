@@ -241,7 +241,8 @@ def test_parallel_collect_fills_one_demo_store_from_the_log(log_url, tmp_path):
                          demos=demos, run="parallel-collect", max_steps=40)
     _, outcomes = run_bench(config)
     won = sum(o.success for o in outcomes)
-    assert len(outcomes) == 3 and won >= 1
+    # The expert is seeded per game: it wins all three within 40 steps, every time.
+    assert (len(outcomes), won) == (3, 3)
     store = DemoStore.open(demos)
     assert len(store.sources()) == won
     # A resumed run with nothing left to play adds nothing twice.
