@@ -1,6 +1,6 @@
 """The cost page for a run of minutes with prompt caching: spend binned per minute, cumulative
 spend against minutes elapsed, and the cache hit share and saving per run and model, each
-checked against plain SQL over the log (and, marked `browser`, drawn in chromium)."""
+checked against plain SQL over the log (drawn in chromium by tests/test_dashboard.py)."""
 
 from __future__ import annotations
 
@@ -82,3 +82,4 @@ def test_cache_hit_share_and_saving_per_run_and_model(log: TrajectoryLog) -> Non
     assert kpis["cache_hit_share"] == 1200 / 6000
     assert kpis["cache_saving"] == pytest.approx(0.052 - 0.05)
     assert kpis["uncached_spend"] == pytest.approx(0.052)
+

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -865,3 +865,42 @@ def test_browser_html_report_works_offline(browser: Any, seeded: Seeded, tmp_pat
         tab.check_clean()  # nothing but the file itself was requested
     finally:
         tab.close()
+
+
+@pytest.mark.browser
+def test_browser_draws_every_cost_chart_of_a_run_of_minutes(browser: Any, tmp_path: Path,
+                                                             shots: Path) -> None:
+    from test_cache_dashboard import short_run
+
+    log = short_run(f"sqlite:///{tmp_path / 'short.db'}")
+    import uvicorn
+
+    from agentkd.dashboard.app import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(log.url, refresh_interval_s=0.0),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    tab = Tab(browser, f"http://127.0.0.1:{port}")
+    try:
+        tab.open("/costs")
+        charts = tab.check_charts_drawn()
+        spend, cumulative = charts["spend_over_time"], charts["cumulative_by_run"]
+        # Bars a minute apart on an axis of minutes (not half a millisecond), and the
+        # cumulative line over the four minutes since the first call.
+        start, end = (datetime.fromisoformat(v[:19]) for v in spend["x"])
+        assert timedelta(minutes=3) < end - start < timedelta(minutes=10)
+        assert spend["marks"] == 8  # four minutes × (teacher, student)
+        assert cumulative["x"][0] <= 0 and 4 <= cumulative["x"][1] < 5
+        share = tab.page.get_attribute('[data-kpi="cache_hit_share"]', "data-value")
+        assert float(share or 0) == 1200 / 6000
+        tab.page.screenshot(path=str(shots / "costs-short-run.png"), full_page=True)
+        tab.check_clean()
+    finally:
+        tab.close()
+        server.should_exit = True
+        thread.join(10)
+        log.close()

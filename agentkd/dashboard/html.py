@@ -34,7 +34,8 @@ def fmt(value: Any, kind: str = "text") -> str:
     if kind in ("int", "link"):
         return f"{round(value):,}" if isinstance(value, int | float) else str(value)
     if kind == "usd":
-        return f"${value:,.4f}" if abs(value) < 1000 else f"${value:,.2f}"
+        sign = "-" if value < 0 else ""
+        return f"{sign}${abs(value):,.4f}" if abs(value) < 1000 else f"{sign}${abs(value):,.2f}"
     if kind == "pct":
         return f"{value:.1%}"
     if kind == "ratio":
