@@ -169,7 +169,7 @@ def litellm_config(path: Path, upstream: str) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)  # a log file: no wrapping
     tmp = Path(tempfile.mkdtemp(prefix="agentkd-bench-gateway-"))
     procs: list[subprocess.Popen[str]] = []
     results: dict[str, Any] = {}
