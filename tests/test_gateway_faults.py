@@ -126,7 +126,7 @@ def fuzz_client(tmp_path_factory):
 _lock = threading.Lock()
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                 HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(["/v1/chat/completions", "/v1/responses", "/v1/messages"]),
        body=_bodies, raw=st.booleans())

@@ -64,9 +64,12 @@ def serve(config: GatewayConfig, *, workers: int = 1, log_level: str = "warning"
         with os.fdopen(fd, "w") as file:  # mkstemp's file is 0600
             file.write(config.model_dump_json())
         os.environ[CONFIG_ENV] = path
+        # A worker imports agentkd and builds its Distillers before it answers uvicorn's
+        # health check (seconds, a minute on a busy machine): it is not stuck, so it is not
+        # killed and restarted (uvicorn's default allows 5 s).
         uvicorn.run("agentkd.gateway.server:worker_app", factory=True, host=config.host,
                     port=config.port, workers=workers, log_level=log_level,
-                    timeout_graceful_shutdown=5)
+                    timeout_graceful_shutdown=5, timeout_worker_healthcheck=300)
     finally:
         os.unlink(path)
 
