@@ -39,8 +39,9 @@ MAX_ATTEMPTS = 3
 worker every time (out of memory) must not loop forever."""
 
 BASE_MEMORY_MB = 1024
-"""Memory an actor declares by default: one ALFWorld game, the agent and the Distiller with
-the sentence embedder loaded (measured: see `benchmarks/ray_scale.py`'s actor RSS)."""
+"""Memory an actor declares by default: one ALFWorld game, the agent and the Distiller. A
+teacher-mode actor peaked at 557 MB resident (`benchmarks/ray_scale.py`); the rest is room for
+the sentence embedder icd and distill load."""
 
 LOCAL_MODEL_OVERHEAD = 1.25
 """A local student's resident size over its GGUF file (weights + KV cache and buffers)."""
