@@ -10,6 +10,8 @@
 #                                            # sorted mutant names (the same ones every run)
 #   scripts/mutation.sh --without-pins llm   # the same, without tests/test_pins_*.py: what the
 #                                            # pinning tests of issue 21 add
+#   MUTATION_TESTS="tests/test_pins_gate.py" scripts/mutation.sh gate
+#                                            # other tests than the table's below
 #   MUTATION_PYTEST_ARGS="--deselect tests/x.py::test_y" scripts/mutation.sh step
 #                                            # mutmut needs every selected test to pass
 #                                            # unmutated: leave out one that fails today
@@ -148,6 +150,7 @@ modules=("$@")
 mkdir -p "$STAGE_ROOT"
 for module in "${modules[@]}"; do
     IFS='|' read -r files filters tests <<<"$(spec "$module")"
+    tests=${MUTATION_TESTS:-$tests}
     present=""
     for t in $tests; do
         [ -f "$ROOT/$t" ] && ! { [ -n "$without_pins" ] && [[ $t == tests/test_pins_* ]]; } \
