@@ -168,7 +168,8 @@ def main() -> None:
             prefix = prefixes.get(env.task_id)
             if prefix is None or prefix["student"] != args.student \
                     or len(prefix["actions"]) < max(ks) and not prefix["ended"]:
-                played = (random_prefix(env, max(ks), args.seed) if args.student.startswith("random:")
+                played = (random_prefix(env, max(ks), args.seed)
+                          if args.student.startswith("random:")
                           else student_prefix(env, args.student, max(ks), args.history))
                 prefix = {"student": args.student, "task_type": env.task_type,
                           "ended": len(played["actions"]) < max(ks), **played}
