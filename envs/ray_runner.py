@@ -117,7 +117,7 @@ def check_log(url: str, nodes: int) -> None:
         raise ConfigError(
             f"the Ray cluster has {nodes} nodes, and actors on other nodes cannot write the "
             f"SQLite file {parsed.database}: pass a server database as --log, e.g. "
-            f"postgresql+psycopg://USER:PASSWORD@HOST:5432/DB (pip install 'agentkd[postgres]')")
+            f"postgresql+psycopg://USER@HOST:5432/DB (pip install 'agentkd[postgres]')")
 
 
 def default_memory_mb(config: BenchConfig) -> int:

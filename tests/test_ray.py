@@ -252,3 +252,37 @@ def test_an_actor_killed_mid_episode_costs_a_replay_not_a_second_finish(
     assert totals["calls"] == totals["steps"] == sum(e.n_steps for e in totals["episodes"])
     assert totals["call_cost"] == pytest.approx(sum(e.cost_usd for e in totals["episodes"]))
     assert log.run_cost(run_id) == pytest.approx(totals["call_cost"])
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_killed_driver_resumes_without_replaying_finished_games(ray_head: str,
+                                                                  pg_log: str) -> None:
+    ray = ray_runner.connect(ray_head)  # this process watches the cluster
+    run_id = "killed-driver"
+    argv = ["agentkd", "bench", "alfworld", "--mode", "teacher", "--episodes", "3",
+            "--max-steps", "30", "--log", pg_log, "--run", run_id, "--ray", ray_head,
+            "--workers", "1"]
+    driver = subprocess.Popen([sys.executable, "-m", "agentkd.cli", *argv[1:]],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = TrajectoryLog(pg_log)
+    deadline = time.monotonic() + 300
+    while not log.finished_task_ids(run_id):
+        assert driver.poll() is None and time.monotonic() < deadline, "no game finished"
+        time.sleep(0.2)
+    driver.kill()
+    driver.wait()
+    # Ray ends a dead driver's actors (they share its fate); resume once they are gone.
+    while any(a["name"].startswith(f"agentkd:{run_id}:")
+              for a in ray.util.list_named_actors(all_namespaces=True)):
+        assert time.monotonic() < deadline, "the dead driver's actors live on"
+        time.sleep(0.2)
+    before = log.finished_task_ids(run_id)
+    _, outcomes = run_bench(BenchConfig(mode="teacher", split="valid_seen", episodes=3,
+                                        max_steps=30, log=pg_log, run=run_id, ray=ray_head,
+                                        resume=True))
+    assert before and not before & {o.task_id for o in outcomes}
+    finished = Counter(e.task_id for e in log.episodes(run_id)
+                       if e.status in ("success", "failure"))
+    assert len(finished) == 3 and set(finished.values()) == {1}
+    assert all(e.status != "running" for e in log.episodes(run_id))
