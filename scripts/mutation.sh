@@ -35,6 +35,10 @@ STAGE_ROOT=${MUTATION_DIR:-/tmp/agentkd-mutation}
 JOBS=${MUTATION_JOBS:-2}
 . .venv/bin/activate
 export LITELLM_LOCAL_MODEL_COST_MAP=True
+# The copy's package sits elsewhere: point it at the ALFWorld data the checkout finds beside it.
+if [ -z "${ALFWORLD_DATA:-}" ] && [ -d "$ROOT/../shared/data/alfworld" ]; then
+    export ALFWORLD_DATA=$ROOT/../shared/data/alfworld
+fi
 
 STEP_METHODS="_step _decide _judge _label_shadow _sample_student _retrieve_demos _teacher_answers"
 
