@@ -99,7 +99,7 @@ def bench_alfworld(
                                            "many as the cluster holds)."),
     ray: str = typer.Option(None, "--ray", help="Play on a Ray cluster: auto (the one this "
                             "host joined with `ray start`), local (a new one on this host) or "
-                            "HOST:PORT of its head. Needs pip install 'agentkd[ray]'."),
+                            "HOST:PORT of its head. Needs pip install 'agentkd\\[ray]'."),
     ray_cpus: float = typer.Option(1.0, help="CPUs each Ray actor declares (a local "
                                              "student's threads)."),
     ray_memory_mb: int = typer.Option(None, help="Memory each Ray actor declares (default: "
