@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from agentkd import __version__
 from agentkd.errors import AgentKDError
@@ -23,7 +24,9 @@ console = Console()
 
 
 def fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    # Escaped: messages name extras and TOML tables ('agentkd[dashboard]', [[key]]),
+    # which rich would otherwise read as markup and drop.
+    console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(2)
 
 
@@ -156,9 +159,7 @@ def serve(
             f"{names}; log: {settings.log.split('://')[0]}; Ctrl-C to stop)",
             highlight=False, soft_wrap=True))
     except AgentKDError as exc:
-        from rich.markup import escape
-
-        fail(escape(str(exc)))  # the message may name TOML tables ([[key]])
+        fail(str(exc))
 
 
 @app.command("export")
