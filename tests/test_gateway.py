@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import importable, require
+from conftest import importable, require
 
 require(importable("fastapi") and importable("openai") and importable("prometheus_client"),
         "the gateway tests need the gateway extra: pip install -e '.[gateway,dev]'")
 
 import openai  # noqa: E402
+from gateway_upstream import Upstream, serve_app, usage  # noqa: E402
 
 import agentkd  # noqa: E402
 from agentkd.gateway import Gateway, GatewayConfig, create_app  # noqa: E402
 from agentkd.log import LLMCall  # noqa: E402
-from tests.gateway_upstream import Upstream, serve_app, usage  # noqa: E402
 
 TEACHER, STUDENT, OTHER = "openai/gw-teacher", "openai/gw-student", "openai/gw-other"
 PRICES = {TEACHER: (3.0, 15.0), STUDENT: (0.1, 0.4), OTHER: (1.0, 2.0)}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.conftest import importable, require
-from tests.test_examples import load
+from conftest import importable, require
+from test_examples import load
 
 require(importable("fastapi") and importable("openai") and importable("prometheus_client"),
         "the gateway example needs the gateway extra: pip install -e '.[gateway,dev]'")

@@ -17,20 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import importable, require
+from conftest import importable, require
 
 require(importable("fastapi") and importable("openai") and importable("prometheus_client"),
         "the gateway tests need the gateway extra: pip install -e '.[gateway,dev]'")
 
 import httpx  # noqa: E402
+from faultserver import FaultServer, agent_responder  # noqa: E402
+from gateway_upstream import serve_app  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import agentkd  # noqa: E402
 from agentkd.gateway import Gateway, GatewayConfig, create_app  # noqa: E402
-from tests.faultserver import FaultServer, agent_responder  # noqa: E402
-from tests.gateway_upstream import serve_app  # noqa: E402
 
 TEACHER, STUDENT = "openai/fault-teacher", "openai/fault-student"
 # Per 12 requests: 6 normal answers and one of each fault.

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import importable, require
+from conftest import importable, require
 
 require(all(importable(m) for m in ("fastapi", "openai", "anthropic", "langchain_openai",
                                     "agents", "prometheus_client")),
@@ -19,10 +18,10 @@ require(all(importable(m) for m in ("fastapi", "openai", "anthropic", "langchain
 
 import anthropic  # noqa: E402
 import openai  # noqa: E402
+from gateway_upstream import Upstream, serve_app  # noqa: E402
 
 import agentkd  # noqa: E402
 from agentkd.gateway import Gateway, GatewayConfig, create_app  # noqa: E402
-from tests.gateway_upstream import Upstream, serve_app  # noqa: E402
 
 TEACHER, STUDENT = "openai/sdk-teacher", "openai/sdk-student"
 WEATHER_ARGS = {"city": "Paris"}

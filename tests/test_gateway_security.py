@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import importable, require
+from conftest import importable, require
 
 require(importable("fastapi") and importable("openai") and importable("anthropic")
         and importable("prometheus_client"),
@@ -20,14 +19,14 @@ require(importable("fastapi") and importable("openai") and importable("anthropic
 import anthropic  # noqa: E402
 import httpx  # noqa: E402
 import openai  # noqa: E402
+from faultserver import FaultServer  # noqa: E402
+from gateway_upstream import Upstream, serve_app  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import agentkd  # noqa: E402
 from agentkd.cli import app as cli  # noqa: E402
 from agentkd.errors import ConfigError  # noqa: E402
 from agentkd.gateway import Gateway, GatewayConfig, create_app  # noqa: E402
-from tests.faultserver import FaultServer  # noqa: E402
-from tests.gateway_upstream import Upstream, serve_app  # noqa: E402
 
 TEACHER, STUDENT = "openai/sec-teacher", "openai/sec-student"
 GATEWAY_KEY = "gwkey-planted-client-1a2b3c4d5e"

@@ -17,18 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import importable, require
+from conftest import importable, require
 
 require(importable("fastapi") and importable("psycopg") and importable("prometheus_client"),
         "the worker test needs the gateway and postgres extras")
 
 import httpx  # noqa: E402
+from gateway_upstream import Upstream, bench_responder  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from agentkd.log import TrajectoryLog  # noqa: E402
-from tests.gateway_upstream import Upstream, bench_responder  # noqa: E402
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
