@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -85,6 +87,30 @@ litellm.custom_provider_map = [
 # Round prices make expected costs easy to compute by hand.
 agentkd.register_price("scripted/teacher", 10.0, 20.0)
 agentkd.register_price("scripted/student", 1.0, 2.0)
+
+
+@contextlib.contextmanager
+def postgres_schema(prefix: str) -> Iterator[str]:
+    """A log URL on a fresh schema of the test PostgreSQL server (AGENTKD_TEST_POSTGRES_URL),
+    dropped afterwards, so a test shares no tables with any other."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    url = os.environ.get("AGENTKD_TEST_POSTGRES_URL")
+    if not url:
+        pytest.fail("AGENTKD_TEST_POSTGRES_URL is not set: scripts/test.sh starts PostgreSQL "
+                    "and sets it")
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(make_url(url).set(drivername="postgresql+psycopg"))
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield make_url(url).update_query_dict(
+            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import shutil
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -23,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import importable, require
-from sqlalchemy import case, create_engine, text, update
-from sqlalchemy.engine import make_url
+from conftest import importable, postgres_schema, require
+from sqlalchemy import case, text, update
 
 from agentkd.dashboard import Dashboard, Filters
 from agentkd.dashboard.html import fmt
@@ -407,21 +405,8 @@ def test_fmt() -> None:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh schema in the test server, so this test shares no tables with others."""
-    url = os.environ.get("AGENTKD_TEST_POSTGRES_URL")
-    if not url:
-        pytest.fail("AGENTKD_TEST_POSTGRES_URL is not set: scripts/test.sh starts PostgreSQL "
-                    "and sets it")
-    schema = f"dash_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(make_url(url).set(drivername="postgresql+psycopg"))
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield make_url(url).update_query_dict(
-            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with postgres_schema("dash") as url:
+        yield url
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -10,22 +10,20 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import importable, require
+from conftest import importable, postgres_schema, require
 
 require(importable("fastapi") and importable("psycopg") and importable("prometheus_client"),
         "the worker test needs the gateway and postgres extras")
 
 import httpx  # noqa: E402
 from gateway_upstream import Upstream, bench_responder  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
 from agentkd.log import TrajectoryLog  # noqa: E402
 
@@ -36,20 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh schema in the test server (AGENTKD_TEST_POSTGRES_URL)."""
-    url = os.environ.get("AGENTKD_TEST_POSTGRES_URL")
-    if not url:
-        pytest.fail("AGENTKD_TEST_POSTGRES_URL is not set (scripts/test.sh sets it)")
-    schema = f"gw_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(make_url(url).set(drivername="postgresql+psycopg"))
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield make_url(url).update_query_dict(
-            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with postgres_schema("gw") as url:
+        yield url
 
 
 def _free_port() -> int:

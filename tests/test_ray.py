@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require
+from conftest import postgres_schema, require
 from rich.console import Console
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 import agentkd
@@ -158,21 +157,8 @@ def ray_head() -> Iterator[str]:
 @pytest.fixture
 def pg_log() -> Iterator[str]:
     """A fresh schema in the test PostgreSQL server: this test's log and nothing else."""
-    url = os.environ.get("AGENTKD_TEST_POSTGRES_URL")
-    if not url:
-        pytest.fail("AGENTKD_TEST_POSTGRES_URL is not set: scripts/test.sh starts PostgreSQL "
-                    "and sets it")
-    schema = f"ray_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(make_url(url).set(drivername="postgresql+psycopg"))
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield make_url(url).update_query_dict(
-            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with postgres_schema("ray") as url:
+        yield url
 
 
 def _totals(log: TrajectoryLog, run_id: str) -> dict[str, Any]:
