@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import sqlite3
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cacheserver import CacheServer, words
+from conftest import postgres_schema
 
 import agentkd
 from agentkd import llm
@@ -165,6 +167,12 @@ def test_an_old_log_opens_and_gains_the_cache_columns(tmp_path: Path) -> None:
     assert [(r.cached_tokens, r.cache_write_tokens, r.reasoning_tokens, r.uncached_cost_usd,
              r.provider_cost_usd) for r in rows] == [(None,) * 5, (80, 5, 1, 0.2, 0.11)]
     log.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with postgres_schema("costs") as url:
+        yield url
 
 
 @pytest.mark.postgres
