@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import os
 import threading
 import uuid
@@ -111,6 +112,19 @@ def postgres_schema(prefix: str) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture
+def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """The bench command's console as a terminal, so a progress bar would really be drawn."""
+    from rich.console import Console
+
+    from agentkd.envs import cli as bench_cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(bench_cli, "console", Console(file=screen, force_terminal=True,
+                                                      color_system=None, width=400))
+    return screen
 
 
 @pytest.fixture

@@ -6,20 +6,9 @@ import io
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
 from agentkd.cli import app
-from agentkd.envs import cli as bench_cli
-
-
-@pytest.fixture
-def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
-    """The bench command's console as a terminal, so a progress bar would really be drawn."""
-    screen = io.StringIO()
-    monkeypatch.setattr(bench_cli, "console", Console(file=screen, force_terminal=True,
-                                                      color_system=None, width=400))
-    return screen
 
 
 @pytest.mark.parametrize(("args", "message"), [

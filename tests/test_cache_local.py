@@ -3,6 +3,8 @@ tokens, and agentkd prices them at the local cache-read price (slow: loads SmolL
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from agentkd import llm
@@ -14,12 +16,7 @@ M = 1e-6
 
 
 def _prefix(a: list[int], b: list[int]) -> int:
-    shared = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        shared += 1
-    return shared
+    return len(os.path.commonprefix([a, b]))
 
 
 @pytest.mark.slow

@@ -20,13 +20,11 @@ from typing import Any
 
 import pytest
 from conftest import postgres_schema, require
-from rich.console import Console
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 import agentkd
 from agentkd.cli import app
-from agentkd.envs import cli as bench_cli
 from agentkd.envs import ray_runner
 from agentkd.envs.bench import BenchConfig, EpisodeOutcome, run_bench
 from agentkd.log import LLMCall, Step, TrajectoryLog
@@ -37,15 +35,6 @@ GIB = 2**30
 def node(cpus: float, memory_gib: float, gpus: float = 0) -> dict[str, Any]:
     """A node as `ray.nodes()` describes it."""
     return {"Alive": True, "Resources": {"CPU": cpus, "memory": memory_gib * GIB, "GPU": gpus}}
-
-
-@pytest.fixture
-def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
-    """The bench command's console as a terminal, so a progress bar would really be drawn."""
-    screen = io.StringIO()
-    monkeypatch.setattr(bench_cli, "console", Console(file=screen, force_terminal=True,
-                                                      color_system=None, width=400))
-    return screen
 
 
 def bench(args: list[str]) -> tuple[int, str]:
