@@ -194,9 +194,12 @@ class AlfWorldEnv:
         if self._state is None:
             raise InputError("call reset() before step()")
         self._expert_draws_from_this_game()
+        before = self._env.state
         try:
             self._state, reward, done = self._env.step(action)
-        except Exception:  # noqa: BLE001 - alfworld's expert, not the game, failed
+        except Exception:
+            if self._env.state is before:  # the game itself did not take the step
+                raise
             self._state, reward, done = self._state_after_expert_failure()
         feedback = str(self._state["feedback"]).strip()
         self.history.append((action, feedback))
