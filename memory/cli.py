@@ -1,12 +1,16 @@
 """`agentkd memory ...`: build the cached rollout table, train routers with PPO, evaluate.
 
     agentkd memory train --data locomo --lambda 0.5 --out router.pt
-    agentkd memory eval --router router.pt
+    agentkd memory eval --router router.pt --questions 200
+    agentkd memory time --strategy capacity --questions 1 --project 200 --routers 3
 
-Both commands are interruptible (Ctrl-C) and resumable: module calls and per-query outcomes
-live in a SQLite rollout cache (default: `memory-cache/` beside the router file) and eval rows
-in a JSONL file there, so rerunning the same command continues where it stopped. A λ sweep
-re-reads the table and costs no LLM calls.
+`train` and `eval` are interruptible (Ctrl-C) and resumable: module calls and per-query
+outcomes live in a SQLite rollout cache (default: `memory-cache/` beside the router file) and
+eval rows in a JSONL file there (one per pipeline config and scorer, keyed by policy and
+question, so a larger `--questions` reuses every row of a smaller one), so rerunning the same
+command continues where it stopped. A λ sweep re-reads the table and costs no LLM calls.
+`time` runs the fixed-tier baselines on a few questions in a scratch cache and projects the
+wall time of a full evaluation from the seconds each took.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from agentkd.errors import AgentKDError, ConfigError
@@ -35,8 +46,12 @@ def _fail(message: str) -> None:
 
 
 def _progress() -> Progress:
+    # Rows take seconds to minutes each: the speed behind the ETA is averaged over the last
+    # hour, not rich's default 30 s (which would hold at most one row and show no ETA).
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=console)
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    TextColumn("{task.fields[note]}"), console=console,
+                    speed_estimate_period=3600)
 
 
 def ensure_models(models: set[str]) -> None:
@@ -50,15 +65,20 @@ def ensure_models(models: set[str]) -> None:
         local_models.register()
 
 
-def _config(config_file: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    data: dict[str, Any] = {}
+def _config(config_file: Path | None, overrides: dict[str, Any],
+            base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config file's settings (else `base`), with the non-None `overrides` on top."""
+    data: dict[str, Any] = dict(base or {})
     if config_file is not None:
         if not config_file.is_file():
             raise ConfigError(f"memory config file not found: {config_file}")
         try:
-            data = json.loads(config_file.read_text())
+            loaded = json.loads(config_file.read_text())
         except json.JSONDecodeError as exc:
             raise ConfigError(f"memory config {config_file} is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"memory config {config_file} must be a JSON object of settings")
+        data = loaded
     data.update({k: v for k, v in overrides.items() if v is not None})
     return data
 
@@ -93,6 +113,7 @@ def train(
     config_file: Path = typer.Option(None, "--config", help="MemoryConfig as JSON."),
     strategy: str = typer.Option(None, help="implementation | capacity | reasoning."),
     high_model: str = typer.Option(None, help="LLM of the High tier (implementation)."),
+    reasoning_model: str = typer.Option(None, help="LLM of every tier (reasoning)."),
     answer_model: str = typer.Option(None, help="LLM of the answer call."),
     judge_model: str = typer.Option(None, help="Score with an LLM judge instead of token F1."),
     iterations: int = typer.Option(150, help="PPO iterations (batches)."),
@@ -106,6 +127,7 @@ def train(
 
     try:
         cfg = _config(config_file, {"strategy": strategy, "high_model": high_model,
+                                    "reasoning_model": reasoning_model,
                                     "answer_model": answer_model})
         pipeline_cache = cache_dir or out.parent / "memory-cache"
         pipeline = Pipeline(cfg, cache_dir=pipeline_cache)
@@ -147,6 +169,73 @@ def train(
         _fail(str(exc))
 
 
+def _items(data: str, data_path: Path | None, per_sample: int,
+           questions: int | None) -> tuple[list[Any], str]:
+    """The test questions: `questions` in all spread over the samples, else `per_sample` each
+    (0 = all), round-robin over categories either way; and the split they come from."""
+    from agentkd.memory.data import load_dataset, select_questions, select_total
+
+    split = "test" if data == "locomo" else "all"
+    samples = load_dataset(data, data_path, split=split)
+    if questions is not None:
+        return select_total(samples, questions), split
+    return select_questions(samples, per_sample or None), split
+
+
+def _check_strategy(routers: list[tuple[Path, Any]], strategy: str) -> None:
+    """A router only knows the tiers of the strategy it was trained under."""
+    for path, router in routers:
+        trained = (router.meta.get("config") or {}).get("strategy", "implementation")
+        if trained != strategy:
+            raise ConfigError(f"{path} was trained for the {trained!r} strategy, this evaluation "
+                              f"runs {strategy!r}; train a router per strategy")
+
+
+def _print_summaries(summaries: dict[str, Any], title: str) -> None:
+    table = Table(title=title)
+    for col in ("policy", "λ", "n", "F1", "95% CI", "cost/query (USD)", "tokens/query",
+                "latency s/query", "wall s/query",
+                "tiers (filter entity temporal topic summary: L/M/H)"):
+        table.add_column(col)
+    for name, s in summaries.items():
+        mix = " ".join("/".join(str(s.tier_mix.get(m, {}).get(t, 0))
+                                for t in ("low", "mid", "high"))
+                       for m in ("filter", "entity", "temporal", "topic", "summary"))
+        table.add_row(name, "" if s.lam is None else f"{s.lam:g}", str(s.n), f"{s.score:.3f}",
+                      f"[{s.score_ci[0]:.3f}, {s.score_ci[1]:.3f}]", f"{s.cost_per_query:.3g}",
+                      f"{s.tokens_per_query:.0f}", f"{s.latency_s_per_query:.1f}",
+                      f"{s.wall_s_per_query:.1f}", mix)
+    console.print(table)
+
+
+def _baselines(baselines: str) -> dict[str, Any]:
+    from agentkd.memory.evaluate import BASELINES, baseline_policy
+
+    names = [b.strip() for b in baselines.split(",") if b.strip()]
+    bad = [b for b in names if b not in BASELINES]
+    if bad:
+        raise ConfigError(f"unknown baselines {bad}; choose from {', '.join(BASELINES)}")
+    return {b: partial(baseline_policy, b) for b in names}
+
+
+def _run_eval(pipeline: Any, items: list[Any], policies: dict[str, Any], scorer: Any,
+              rows: Path, cache_path: Path) -> dict[str, Any]:
+    """`evaluate` under a progress bar with an ETA over (questions × policies); rows already
+    finished count as done from the start, so the ETA measures only the work left."""
+    from agentkd.memory.evaluate import evaluate, load_rows, pending
+    from agentkd.memory.rollouts import RolloutCache
+
+    total = len(items) * len(policies)
+    left = pending(load_rows(rows), items, policies)
+    if left < total:
+        console.print(f"resuming: {total - left} of {total} rows finished in {rows}")
+    with RolloutCache(cache_path) as cache, _progress() as bar:
+        pipeline.ctx.memo = cache
+        task = bar.add_task("evaluating", total=total, completed=total - left, note="")
+        return evaluate(pipeline, items, policies, scorer, rows,
+                        progress=lambda note: bar.update(task, advance=1, note=note))
+
+
 @memory_app.command("eval")
 def eval_cmd(
     routers: list[Path] = typer.Option([], "--router", help="Router file(s) (repeatable)."),
@@ -154,6 +243,9 @@ def eval_cmd(
     data_path: Path = typer.Option(None, help="Dataset JSON (LoCoMo defaults to shared/data)."),
     per_sample: int = typer.Option(8, help="Test questions per conversation/sample, "
                                    "round-robin over categories (0 = all)."),
+    questions: int = typer.Option(None, min=1, help="Test questions in all, spread evenly "
+                                  "over the conversations/samples (overrides --per-sample; "
+                                  "LoCoMo's test split holds 400)."),
     baselines: str = typer.Option(",".join(("all-low", "all-mid", "all-high", "random")),
                                   help="Comma-separated fixed-tier baselines ('' for none)."),
     cache_dir: Path = typer.Option(None, help="Rollout cache folder (default: the one beside "
@@ -161,29 +253,33 @@ def eval_cmd(
     plot: Path = typer.Option(None, help="Frontier PNG (default: <cache-dir>/frontier.png)."),
     config_file: Path = typer.Option(None, "--config", help="MemoryConfig as JSON (default: "
                                      "the config the router was trained with)."),
+    strategy: str = typer.Option(None, help="implementation | capacity | reasoning (default: "
+                                 "the routers' or the config's)."),
+    high_model: str = typer.Option(None, help="LLM of the High tier (implementation)."),
+    reasoning_model: str = typer.Option(None, help="LLM of every tier (reasoning)."),
+    answer_model: str = typer.Option(None, help="LLM of the answer call."),
     judge_model: str = typer.Option(None, help="Score with an LLM judge instead of token F1."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    save: Path = typer.Option(None, help="Also write the JSON summary to this file."),
 ) -> None:
-    """Evaluate routers and fixed-tier baselines on the test split; print and plot the frontier."""
-    from agentkd.memory.data import load_dataset, select_questions
-    from agentkd.memory.evaluate import BASELINES, baseline_policy, evaluate, frontier_plot
+    """Evaluate routers and fixed-tier baselines on the test split; print and plot the frontier
+    (F1 with its 95% bootstrap interval, cost, latency and wall time per query)."""
+    from agentkd.memory.evaluate import frontier_plot
     from agentkd.memory.pipeline import Pipeline
-    from agentkd.memory.rollouts import RolloutCache
     from agentkd.memory.router import Router
 
     try:
         loaded = [(p, Router.load(p)) for p in routers]
         trained_cfg = dict(loaded[0][1].meta.get("config") or {}) if loaded else {}
-        cfg = _config(config_file, {}) if config_file else trained_cfg
+        cfg = _config(config_file, {"strategy": strategy, "high_model": high_model,
+                                    "reasoning_model": reasoning_model,
+                                    "answer_model": answer_model}, base=trained_cfg)
         folder = cache_dir or (routers[0].parent / "memory-cache" if routers
                                else Path("memory-cache"))
         pipeline = Pipeline(cfg, cache_dir=folder)
+        _check_strategy(loaded, pipeline.config.strategy)
         ensure_models(pipeline.config.models() | ({judge_model} if judge_model else set()))
-        names = [b.strip() for b in baselines.split(",") if b.strip()]
-        bad = [b for b in names if b not in BASELINES]
-        if bad:
-            raise ConfigError(f"unknown baselines {bad}; choose from {', '.join(BASELINES)}")
-        policies: dict[str, Any] = {b: partial(baseline_policy, b) for b in names}
+        policies = _baselines(baselines)
         lams: dict[str, float] = {}
         for path, router in loaded:
             # The file's digest is part of the name: eval rows are resumed by policy name, and
@@ -191,40 +287,100 @@ def eval_cmd(
             name = f"router:{path.name}@{hashlib.sha256(path.read_bytes()).hexdigest()[:6]}"
             policies[name] = router
             lams[name] = float(router.meta.get("lambda", float("nan")))
-        split = "test" if data == "locomo" else "all"
-        items = select_questions(load_dataset(data, data_path, split=split), per_sample or None)
+        items, split = _items(data, data_path, per_sample, questions)
         scorer, scorer_name = _scorer(judge_model)
-        # The rows file is per pipeline config, so rows of another config are never mixed in.
+        # The rows file is per pipeline config and scorer, so rows of another config are never
+        # mixed in; any question selection reads the same file (rows are keyed by question).
         cfg_hash = hashlib.sha256(pipeline.config.model_dump_json().encode()).hexdigest()[:8]
-        rows = folder / (f"eval-{data}-{split}-{per_sample}-{scorer_name.replace('/', '_')}"
-                         f"-{cfg_hash}.jsonl")
-        with RolloutCache(folder / "rollouts.sqlite") as cache, _progress() as bar:
-            pipeline.ctx.memo = cache
-            task = bar.add_task("evaluating", total=len(items) * len(policies), note="")
-            summaries = evaluate(pipeline, items, policies, scorer, rows,
-                                 progress=lambda note: bar.update(task, advance=1, note=note))
+        rows = folder / f"eval-{data}-{split}-{scorer_name.replace('/', '_')}-{cfg_hash}.jsonl"
+        summaries = _run_eval(pipeline, items, policies, scorer, rows,
+                              folder / "rollouts.sqlite")
         for name, lam in lams.items():
             summaries[name].lam = lam
+        strat = pipeline.config.strategy
         png = frontier_plot(list(summaries.values()), plot or folder / "frontier.png",
-                            title=f"BudgetMem on {data} ({len(items)} questions)")
+                            title=f"BudgetMem on {data}, {strat} tiers ({len(items)} questions)")
+        report = {"data": data, "split": split, "strategy": strat, "questions": len(items),
+                  "scorer": scorer_name, "config": pipeline.config.model_dump(),
+                  "policies": {n: vars(s) for n, s in summaries.items()}}
+        if save is not None:
+            save.parent.mkdir(parents=True, exist_ok=True)
+            save.write_text(json.dumps(report, indent=2))
         if as_json:
-            typer.echo(json.dumps({n: vars(s) for n, s in summaries.items()}, indent=2))
+            typer.echo(json.dumps(report, indent=2))
         else:
-            table = Table(title=f"{data} {split}: {len(items)} questions, score = {scorer_name}")
-            for col in ("policy", "λ", "score", "cost/query (USD)", "tokens/query", "s/query",
-                        "tiers (filter entity temporal topic summary: L/M/H)"):
-                table.add_column(col)
-            for name, s in summaries.items():
-                mix = " ".join("/".join(str(s.tier_mix.get(m, {}).get(t, 0))
-                                        for t in ("low", "mid", "high"))
-                               for m in ("filter", "entity", "temporal", "topic", "summary"))
-                table.add_row(name, "" if s.lam is None else f"{s.lam:g}", f"{s.score:.3f}",
-                              f"{s.cost_per_query:.3g}", f"{s.tokens_per_query:.0f}",
-                              f"{s.latency_s_per_query:.1f}", mix)
-            console.print(table)
+            _print_summaries(summaries, f"{data} {split}, {strat} tiers: {len(items)} questions,"
+                                        f" score = {scorer_name}")
         console.print(f"frontier plot: {png}; per-query rows: {rows}")
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: rerun the same command to resume")
+        raise typer.Exit(130) from None
+    except AgentKDError as exc:
+        _fail(str(exc))
+
+
+def warm_up(pipeline: Any) -> None:
+    """Load every LLM the pipeline calls (a one-token call each), so timings exclude loading."""
+    for model in sorted(pipeline.config.models()):
+        pipeline.ctx.chat(model, "Hi", 1)
+
+
+@memory_app.command("time")
+def time_cmd(
+    data: str = typer.Option("locomo", help="locomo | longmemeval | hotpotqa."),
+    data_path: Path = typer.Option(None, help="Dataset JSON (LoCoMo defaults to shared/data)."),
+    questions: int = typer.Option(1, min=1, help="Questions to time (the first of the "
+                                  "evaluation's round-robin selection)."),
+    project: int = typer.Option(200, min=1, help="Questions of the evaluation to project."),
+    n_routers: int = typer.Option(3, "--routers", min=0, help="Routers in that evaluation "
+                                  "(each counted at the fixed tiers' mean)."),
+    baselines: str = typer.Option(",".join(("all-low", "all-mid", "all-high", "random")),
+                                  help="Comma-separated fixed-tier baselines to time."),
+    config_file: Path = typer.Option(None, "--config", help="MemoryConfig as JSON."),
+    strategy: str = typer.Option(None, help="implementation | capacity | reasoning."),
+    high_model: str = typer.Option(None, help="LLM of the High tier (implementation)."),
+    reasoning_model: str = typer.Option(None, help="LLM of every tier (reasoning)."),
+    answer_model: str = typer.Option(None, help="LLM of the answer call."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Time the baselines on a few questions (fresh scratch cache, models loaded first) and
+    project the wall time of an evaluation of --project questions."""
+    import tempfile
+
+    from agentkd.memory.evaluate import project_wall_s
+    from agentkd.memory.pipeline import Pipeline
+
+    try:
+        cfg = _config(config_file, {"strategy": strategy, "high_model": high_model,
+                                    "reasoning_model": reasoning_model,
+                                    "answer_model": answer_model})
+        policies = _baselines(baselines)
+        items, _ = _items(data, data_path, 0, questions)
+        scorer, _ = _scorer(None)
+        with tempfile.TemporaryDirectory(prefix="agentkd-memory-time-") as tmp:
+            pipeline = Pipeline(cfg, cache_dir=Path(tmp))
+            ensure_models(pipeline.config.models())
+            warm_up(pipeline)
+            summaries = _run_eval(pipeline, items, policies, scorer, Path(tmp) / "rows.jsonl",
+                                  Path(tmp) / "rollouts.sqlite")
+        seconds = {n: s.wall_s_per_query for n, s in summaries.items()}
+        total_s = project_wall_s(seconds, project, n_routers)
+        report = {"strategy": pipeline.config.strategy, "timed_questions": len(items),
+                  "wall_s_per_question": seconds,
+                  "latency_s_per_question": {n: s.latency_s_per_query
+                                             for n, s in summaries.items()},
+                  "project_questions": project, "routers": n_routers,
+                  "projected_wall_s": total_s}
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+            return
+        _print_summaries(summaries, f"{pipeline.config.strategy} tiers: {len(items)} timed "
+                                    "question(s), scratch cache")
+        console.print(f"projected wall time for {project} questions × ({len(policies)} "
+                      f"baselines + {n_routers} routers): {total_s / 3600:.2f} h "
+                      f"({total_s / 60:.0f} min)")
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
         raise typer.Exit(130) from None
     except AgentKDError as exc:
         _fail(str(exc))

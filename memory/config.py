@@ -20,6 +20,7 @@ Tier = Literal["low", "mid", "high"]
 Strategy = Literal["implementation", "capacity", "reasoning"]
 
 SMOLLM = "local/smollm2-135m"
+QWEN_SMALL = "local/qwen2.5-coder-0.5b"
 QWEN = "local/qwen2.5-coder-1.5b"
 
 # Nominal USD per million (input, output) tokens for the offline models, used only when the
@@ -27,6 +28,7 @@ QWEN = "local/qwen2.5-coder-1.5b"
 # $0 everywhere the cost term of the reward would be meaningless.
 DEFAULT_FALLBACK_PRICES: dict[str, tuple[float, float]] = {
     SMOLLM: (0.01, 0.02),
+    QWEN_SMALL: (0.02, 0.04),
     QWEN: (0.05, 0.10),
 }
 
@@ -51,7 +53,10 @@ class MemoryConfig(BaseModel):
 
     - ``implementation``: Low = rules, Mid = embedding scoring, High = an LLM call
       (`high_model`) on top of the Mid evidence;
-    - ``capacity``: every tier is an LLM call; Low/Mid/High use `capacity_models`;
+    - ``capacity``: every tier is the same LLM prompt; Low/Mid/High use `capacity_models`,
+      by default three sizes of offline model that run on a CPU: SmolLM2-135M (Low),
+      Qwen2.5-Coder-0.5B (Mid, the cheap Qwen) and Qwen2.5-Coder-1.5B (High, the large one),
+      so cost and capacity both rise with the tier;
     - ``reasoning``: every tier calls `reasoning_model`; Low = direct prompt, Mid =
       chain-of-thought, High = plan-act-reflect (a draft call then a reflect call).
     """
@@ -61,7 +66,7 @@ class MemoryConfig(BaseModel):
     strategy: Strategy = "implementation"
     high_model: str = SMOLLM
     capacity_models: dict[str, str] = Field(
-        default_factory=lambda: {"low": SMOLLM, "mid": QWEN, "high": QWEN})
+        default_factory=lambda: {"low": SMOLLM, "mid": QWEN_SMALL, "high": QWEN})
     reasoning_model: str = SMOLLM
     answer_model: str = SMOLLM
     module_max_tokens: int = Field(default=48, ge=1, le=4096)

@@ -181,33 +181,66 @@ def load_dataset(name: str, path: str | Path | None = None, *,
     raise InputError(f"unknown dataset {name!r}; choose locomo, longmemeval or hotpotqa")
 
 
-def select_questions(samples: list[Sample], per_sample: int | None) -> list[tuple[Sample, QAItem]]:
-    """A fixed, documented subset: per sample, questions taken round-robin over categories.
+def round_robin(sample: Sample, position: int, limit: int | None) -> list[QAItem]:
+    """Up to `limit` questions of `sample` (None: all), taken round-robin over its categories.
 
     Within each category questions keep file order; categories are visited in sorted order,
-    starting at the sample's position (mod the number of categories), so that small subsets
-    still mix categories: per_sample=1 on LoCoMo's 8 training conversations takes the first
-    multi-hop, temporal, open-domain, single-hop, multi-hop, ... question of conversations
-    0, 1, 2, 3, 4, ...; per_sample=4 takes one question of each category per conversation.
-    None keeps every question.
+    starting at `position` (mod the number of categories). A category that runs out is
+    skipped, so the first `limit` questions are always a prefix of the first `limit + 1`.
     """
-    chosen: list[tuple[Sample, QAItem]] = []
-    for position, sample in enumerate(samples):
-        if per_sample is None:
-            chosen.extend((sample, q) for q in sample.questions)
-            continue
-        by_cat: dict[str, list[QAItem]] = defaultdict(list)
-        for q in sample.questions:
-            by_cat[q.category].append(q)
-        queues = [by_cat[c] for c in sorted(by_cat)]
-        start = position % len(queues) if queues else 0
-        queues = queues[start:] + queues[:start]
-        picked: list[QAItem] = []
-        depth = 0
-        while len(picked) < per_sample and any(depth < len(qs) for qs in queues):
-            for qs in queues:
-                if depth < len(qs) and len(picked) < per_sample:
-                    picked.append(qs[depth])
-            depth += 1
-        chosen.extend((sample, q) for q in picked)
-    return chosen
+    by_cat: dict[str, list[QAItem]] = defaultdict(list)
+    for q in sample.questions:
+        by_cat[q.category].append(q)
+    queues = [by_cat[c] for c in sorted(by_cat)]
+    start = position % len(queues) if queues else 0
+    queues = queues[start:] + queues[:start]
+    picked: list[QAItem] = []
+    depth = 0
+    wanted = len(sample.questions) if limit is None else limit
+    while len(picked) < wanted and any(depth < len(qs) for qs in queues):
+        for qs in queues:
+            if depth < len(qs) and len(picked) < wanted:
+                picked.append(qs[depth])
+        depth += 1
+    return picked
+
+
+def select_questions(samples: list[Sample], per_sample: int | None) -> list[tuple[Sample, QAItem]]:
+    """A fixed, documented subset: per sample, `per_sample` questions round-robin over categories.
+
+    Sample i starts at its i-th category (see `round_robin`), so that small subsets still mix
+    categories: per_sample=1 on LoCoMo's 8 training conversations takes the first multi-hop,
+    temporal, open-domain, single-hop, multi-hop, ... question of conversations 0, 1, 2, 3,
+    4, ...; per_sample=4 takes one question of each category per conversation. None keeps
+    every question (in file order).
+    """
+    if per_sample is None:
+        return [(sample, q) for sample in samples for q in sample.questions]
+    return [(sample, q) for position, sample in enumerate(samples)
+            for q in round_robin(sample, position, per_sample)]
+
+
+def select_total(samples: list[Sample], total: int) -> list[tuple[Sample, QAItem]]:
+    """`total` questions spread evenly over the samples, each sample's round-robin over categories.
+
+    Sample i gets total // len(samples) questions, one more while the remainder lasts; a sample
+    with fewer questions hands its shortfall to the next ones. A larger `total` selects a
+    superset of a smaller one, so an evaluation can grow in stages and reuse its finished rows.
+    Asking for more questions than the samples hold is an `InputError`.
+    """
+    available = sum(len(s.questions) for s in samples)
+    if total < 1:
+        raise InputError(f"the number of questions must be >= 1, got {total}")
+    if total > available:
+        raise InputError(f"asked for {total} questions, the data holds {available}")
+    quota = [0] * len(samples)
+    left = total
+    while left:
+        open_ = [i for i, s in enumerate(samples) if quota[i] < len(s.questions)]
+        share, extra = divmod(left, len(open_))
+        for rank, i in enumerate(open_):
+            give = min(share + (rank < extra), len(samples[i].questions) - quota[i])
+            quota[i] += give
+            left -= give
+    return [(sample, q) for position, sample in enumerate(samples)
+            for q in round_robin(sample, position, quota[position])]

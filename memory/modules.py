@@ -12,7 +12,8 @@ Strategies (``MemoryConfig.strategy``):
   MiniLM embedding scoring; High = an LLM call layered on the Mid evidence. High keeps the Mid
   evidence because a small local model's extraction alone loses facts the answer needs; the
   LLM adds relations/resolution the embedding cannot.
-- capacity: every tier is the same LLM prompt, Low/Mid/High run small/medium/large models.
+- capacity: every tier is the same LLM prompt, Low/Mid/High run small/medium/large models
+  (by default SmolLM2-135M / Qwen2.5-Coder-0.5B / Qwen2.5-Coder-1.5B, see `MemoryConfig`).
 - reasoning: every tier runs one model; Low = direct prompt, Mid = chain-of-thought, High =
   plan-act-reflect (a draft call, then a reflect call that revises it).
 """
