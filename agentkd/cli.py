@@ -354,6 +354,10 @@ from agentkd.memory.cli import memory_app  # noqa: E402
 
 app.add_typer(memory_app, name="memory")
 
+from agentkd.loop.cli import loop_app  # noqa: E402
+
+app.add_typer(loop_app, name="loop")
+
 
 if __name__ == "__main__":
     app()

@@ -21,10 +21,10 @@ console = Console()
 DEFAULT_STUDENT = "local/qwen2.5-coder-1.5b"
 
 
-def run_with_progress(config: BenchConfig, title: str) -> str:
+def run_with_progress(config: BenchConfig, title: str, resume_hint: str | None = None) -> str:
     """Play `config` under a progress bar (won, cost, teacher-call rate); returns the run id.
     A configuration error is raised before the bar is drawn; Ctrl-C stops the games and says
-    how to resume."""
+    how to resume (`resume_hint`, default: the bench command's --resume --run)."""
     run_id = config.run_id()
     config.run = run_id
     games, skipped = plan_games(config, run_id)
@@ -52,7 +52,8 @@ def run_with_progress(config: BenchConfig, title: str) -> str:
         try:
             run_bench(config, on_episode=update)
         except KeyboardInterrupt:
-            console.print(f"[yellow]interrupted[/yellow]; continue with --resume --run {run_id}")
+            hint = resume_hint or f"continue with --resume --run {run_id}"
+            console.print(f"[yellow]interrupted[/yellow]; {hint}")
             raise typer.Exit(130) from None
     return run_id
 
