@@ -191,20 +191,24 @@ def _check_strategy(routers: list[tuple[Path, Any]], strategy: str) -> None:
                               f"runs {strategy!r}; train a router per strategy")
 
 
-def _print_summaries(summaries: dict[str, Any], title: str) -> None:
+def _print_summaries(summaries: dict[str, Any], title: str, tiers: bool = True) -> None:
+    """The per-policy table; `tiers` adds how often each module ran at each tier."""
     table = Table(title=title)
     for col in ("policy", "λ", "n", "F1", "95% CI", "cost/query (USD)", "tokens/query",
-                "latency s/query", "wall s/query",
-                "tiers (filter entity temporal topic summary: L/M/H)"):
+                "latency s/query", "wall s/query"):
         table.add_column(col)
+    if tiers:
+        table.add_column("tiers (filter entity temporal topic summary: L/M/H)")
     for name, s in summaries.items():
-        mix = " ".join("/".join(str(s.tier_mix.get(m, {}).get(t, 0))
-                                for t in ("low", "mid", "high"))
-                       for m in ("filter", "entity", "temporal", "topic", "summary"))
-        table.add_row(name, "" if s.lam is None else f"{s.lam:g}", str(s.n), f"{s.score:.3f}",
-                      f"[{s.score_ci[0]:.3f}, {s.score_ci[1]:.3f}]", f"{s.cost_per_query:.3g}",
-                      f"{s.tokens_per_query:.0f}", f"{s.latency_s_per_query:.1f}",
-                      f"{s.wall_s_per_query:.1f}", mix)
+        cells = [name, "" if s.lam is None else f"{s.lam:g}", str(s.n), f"{s.score:.3f}",
+                 f"[{s.score_ci[0]:.3f}, {s.score_ci[1]:.3f}]", f"{s.cost_per_query:.3g}",
+                 f"{s.tokens_per_query:.0f}", f"{s.latency_s_per_query:.1f}",
+                 f"{s.wall_s_per_query:.1f}"]
+        if tiers:
+            cells.append(" ".join("/".join(str(s.tier_mix.get(m, {}).get(t, 0))
+                                           for t in ("low", "mid", "high"))
+                                  for m in ("filter", "entity", "temporal", "topic", "summary")))
+        table.add_row(*cells)
     console.print(table)
 
 
@@ -219,9 +223,11 @@ def _baselines(baselines: str) -> dict[str, Any]:
 
 
 def _run_eval(pipeline: Any, items: list[Any], policies: dict[str, Any], scorer: Any,
-              rows: Path, cache_path: Path) -> dict[str, Any]:
+              rows: Path, cache_path: Path, echo: bool = False) -> dict[str, Any]:
     """`evaluate` under a progress bar with an ETA over (questions × policies); rows already
-    finished count as done from the start, so the ETA measures only the work left."""
+    finished count as done from the start, so the ETA measures only the work left. With
+    `echo`, each finished row is also printed (policy, question, wall seconds), so a run cut
+    short still tells what it measured."""
     from agentkd.memory.evaluate import evaluate, load_rows, pending
     from agentkd.memory.rollouts import RolloutCache
 
@@ -232,8 +238,13 @@ def _run_eval(pipeline: Any, items: list[Any], policies: dict[str, Any], scorer:
     with RolloutCache(cache_path) as cache, _progress() as bar:
         pipeline.ctx.memo = cache
         task = bar.add_task("evaluating", total=total, completed=total - left, note="")
-        return evaluate(pipeline, items, policies, scorer, rows,
-                        progress=lambda note: bar.update(task, advance=1, note=note))
+
+        def advance(note: str) -> None:
+            bar.update(task, advance=1, note=note)
+            if echo:
+                bar.console.print(f"row done: {note}")
+
+        return evaluate(pipeline, items, policies, scorer, rows, progress=advance)
 
 
 @memory_app.command("eval")
@@ -362,7 +373,7 @@ def time_cmd(
             ensure_models(pipeline.config.models())
             warm_up(pipeline)
             summaries = _run_eval(pipeline, items, policies, scorer, Path(tmp) / "rows.jsonl",
-                                  Path(tmp) / "rollouts.sqlite")
+                                  Path(tmp) / "rollouts.sqlite", echo=True)
         seconds = {n: s.wall_s_per_query for n, s in summaries.items()}
         total_s = project_wall_s(seconds, project, n_routers)
         report = {"strategy": pipeline.config.strategy, "timed_questions": len(items),
@@ -375,7 +386,7 @@ def time_cmd(
             typer.echo(json.dumps(report, indent=2))
             return
         _print_summaries(summaries, f"{pipeline.config.strategy} tiers: {len(items)} timed "
-                                    "question(s), scratch cache")
+                                    "question(s), scratch cache", tiers=False)
         console.print(f"projected wall time for {project} questions × ({len(policies)} "
                       f"baselines + {n_routers} routers): {total_s / 3600:.2f} h "
                       f"({total_s / 60:.0f} min)")

@@ -104,7 +104,7 @@ def evaluate(pipeline: Pipeline, items: list[tuple[Sample, QAItem]],
                     out.flush()
                 done[(name, qa.qid)] = row
                 if progress:
-                    progress(f"{name} {qa.qid}")
+                    progress(f"{name} {qa.qid} {row['wall_s']:.1f}s")
     return summarise(done, policies, [qa.qid for _, qa in items])
 
 

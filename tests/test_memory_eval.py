@@ -168,7 +168,8 @@ def test_interrupted_evaluation_resumes_without_redoing_rows(eval_pipeline: Pipe
     calls = len(scripted.received)
     again: list[str] = []
     summaries = evaluate(eval_pipeline, items, policies, f1, rows, progress=again.append)
-    assert again == ["all-high s0-q1"]  # only the missing row ran
+    assert len(again) == 1 and again[0].startswith("all-high s0-q1 ")  # only the missing row
+    assert again[0].endswith("s")  # the note carries the row's wall seconds
     assert len(load_rows(rows)) == 4 and pending(load_rows(rows), items, policies) == 0
     assert len(scripted.received) > calls
     calls = len(scripted.received)
@@ -291,6 +292,7 @@ def test_cli_time_projects_the_run(cli_env: tuple[Path, Path]) -> None:
     seconds = report["wall_s_per_question"]
     assert set(seconds) == {"all-low", "all-mid", "all-high", "random"}
     assert report["timed_questions"] == 2 and report["strategy"] == "capacity"
+    assert res.output.count("row done: ") == 8  # printed as they finish (a cut run tells too)
     assert report["projected_wall_s"] == pytest.approx(project_wall_s(seconds, 200, 3))
 
 
