@@ -7,9 +7,12 @@ The teacher baseline of a run is matched by task: the finished episodes of the `
 runs with the same teacher model on the task ids this run finished (the `collect` runs on
 those tasks when no teacher run played them: they are teacher-only too). Both sides are
 counted on the shared task ids only, so a run is never compared with the teacher on other
-games. Relative cost and break-even are given only where the run's success on those tasks is
-within or above the baseline's 95% interval; otherwise they are None and `saving_withheld`
-says why ("below teacher success", no baseline on these tasks, no saving per episode).
+games. Where the benchmark recorded each episode's step cap, the teacher is judged at the run's
+cap: a teacher win in more steps than the run had counts as a loss, its cost is what its first
+steps up to the cap cost, and teacher episodes played with a lower cap are left out (see
+`_comparisons`). Relative cost and break-even are given only where the run's success on
+those tasks is within or above the baseline's 95% interval; otherwise they are None and
+`saving_withheld` says why ("below teacher success", no baseline on these tasks, no saving per episode).
 
 Break-even episodes = demo-collection cost (the total spend of the teacher's collect runs) /
 (teacher cost per episode − this run's cost per episode), both on the shared tasks.
@@ -34,7 +37,7 @@ from pydantic import BaseModel
 from rich import box
 from rich.table import Table
 from sqlalchemy import ColumnElement, case, func, select
-from sqlalchemy.orm import QueryableAttribute
+from sqlalchemy.orm import QueryableAttribute, aliased
 
 from agentkd.costs import MISMATCH_ABSOLUTE, MISMATCH_RELATIVE
 from agentkd.log import Episode, LLMCall, Run, Step, TrajectoryLog
@@ -145,38 +148,64 @@ class _Comparison(BaseModel):
     baseline_cost: float = 0.0
 
 
+def _step_cap(episode: type[Episode]) -> ColumnElement[int | None]:
+    """The episode's step cap, as the benchmark recorded it in `info` (None when unknown:
+    an episode of a decorated loop, or of a log written before caps were recorded)."""
+    return episode.info["max_steps"].as_integer()
+
+
 def _comparisons(log: TrajectoryLog) -> dict[tuple[str, str], _Comparison]:
     """(run id, baseline mode) → the run and that mode's teacher episodes on shared tasks.
 
-    Both sides are first grouped per task id, then joined on (teacher, task id), so each side
-    counts every one of its episodes on a shared task exactly once.
+    The run's side is grouped per task id and step cap, the baseline's side counted per
+    episode within each such group, so each side counts every one of its episodes on a
+    shared task exactly once. A teacher episode is judged at the run's step cap `c`: it is
+    a win only if it won within `c` steps, and it costs what its first `c` steps cost (a
+    capped teacher takes the same first steps). A teacher episode played with a lower cap
+    than the run's is left out: it might have won with the steps it was not given.
     """
     finished = Episode.status.in_(FINISHED)
-    won = func.sum(case((Episode.success.is_(True), 1), else_=0))
-    baseline = (
-        select(Run.teacher, Run.mode, Episode.task_id, func.count(Episode.id).label("n"),
-               won.label("wins"), func.sum(Episode.cost_usd).label("cost"))
-        .select_from(Episode).join(Run, Run.id == Episode.run_id)
-        .where(finished, Run.mode.in_(BASELINE_MODES))
-        .group_by(Run.teacher, Run.mode, Episode.task_id)
+    # The cap is read once, in a subquery: PostgreSQL does not see two renderings of the same
+    # JSON lookup (each with its own bound key) as one GROUP BY expression.
+    episodes = (select(Episode.id, Episode.run_id, Episode.task_id, Episode.success,
+                       Episode.cost_usd, _step_cap(Episode).label("cap"))
+                .where(finished).subquery())
+    won = func.sum(case((episodes.c.success.is_(True), 1), else_=0))
+    played = (
+        select(episodes.c.run_id, Run.teacher, episodes.c.task_id, episodes.c.cap,
+               func.count(episodes.c.id).label("n"), won.label("wins"),
+               func.sum(episodes.c.cost_usd).label("cost"))
+        .select_from(episodes).join(Run, Run.id == episodes.c.run_id)
+        .group_by(episodes.c.run_id, Run.teacher, episodes.c.task_id, episodes.c.cap)
         .subquery()
     )
-    played = (
-        select(Episode.run_id, Run.teacher, Episode.task_id, func.count(Episode.id).label("n"),
-               won.label("wins"), func.sum(Episode.cost_usd).label("cost"))
-        .select_from(Episode).join(Run, Run.id == Episode.run_id)
-        .where(finished)
-        .group_by(Episode.run_id, Run.teacher, Episode.task_id)
+    cap = played.c.cap
+    teacher = aliased(Episode)
+    teacher_cap = _step_cap(teacher)
+    within_cap = cap.is_(None) | (teacher.n_steps <= cap)
+    first_steps_cost = (select(func.coalesce(func.sum(Step.cost_usd), 0.0))
+                        .where(Step.episode_id == teacher.id, Step.idx < cap)
+                        .scalar_subquery())
+    baseline = (
+        select(played.c.run_id, Run.mode, played.c.n, played.c.wins, played.c.cost,
+               func.count(teacher.id).label("bn"),
+               func.sum(case((teacher.success.is_(True) & within_cap, 1), else_=0)).label("bw"),
+               func.sum(case((within_cap, teacher.cost_usd), else_=first_steps_cost))
+               .label("bc"))
+        .select_from(played)
+        .join(teacher, teacher.task_id == played.c.task_id)
+        .join(Run, (Run.id == teacher.run_id) & (Run.teacher == played.c.teacher))
+        .where(teacher.status.in_(FINISHED), Run.mode.in_(BASELINE_MODES),
+               cap.is_(None) | teacher_cap.is_(None) | (teacher_cap >= cap))
+        .group_by(played.c.run_id, Run.mode, played.c.task_id, cap, played.c.n,
+                  played.c.wins, played.c.cost)
         .subquery()
     )
     query = (
-        select(played.c.run_id, baseline.c.mode, func.sum(played.c.n), func.sum(played.c.wins),
-               func.sum(played.c.cost), func.sum(baseline.c.n), func.sum(baseline.c.wins),
-               func.sum(baseline.c.cost))
-        .select_from(played)
-        .join(baseline, (baseline.c.teacher == played.c.teacher)
-              & (baseline.c.task_id == played.c.task_id))
-        .group_by(played.c.run_id, baseline.c.mode)
+        select(baseline.c.run_id, baseline.c.mode, func.sum(baseline.c.n),
+               func.sum(baseline.c.wins), func.sum(baseline.c.cost), func.sum(baseline.c.bn),
+               func.sum(baseline.c.bw), func.sum(baseline.c.bc))
+        .group_by(baseline.c.run_id, baseline.c.mode)
     )
     with log.session() as s:
         return {(run, mode): _Comparison(

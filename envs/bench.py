@@ -206,8 +206,10 @@ def play_game(kd: Any, config: BenchConfig, game_file: str) -> EpisodeOutcome:
                                   task_type=env.task_type) as scope:
                 result = react_agent(env, kd.teacher, max_steps=config.max_steps,
                                      history=config.history, first_observation=first)
+                # The cap goes with the outcome: a report judges the teacher at the same cap.
                 scope.finish(success=result.success, reward=float(result.success),
-                             invalid_actions=result.invalid_actions)
+                             invalid_actions=result.invalid_actions,
+                             max_steps=config.max_steps)
         except BudgetExceeded as exc:
             if exc.scope != "episode" or scope is None:
                 raise  # a run cap stops the whole run

@@ -128,7 +128,11 @@ EOF
 mutmut_in() {  # mutmut_in <dir> <mutant names or filters...>
     local dir=$1; shift
     # Subprocesses the tests start (the CLI) import the mutants too, not the editable install.
-    (cd "$dir" && PYTHONPATH="$dir/mutants/src" nice -n 10 mutmut run --max-children "$JOBS" "$@")
+    # One OpenMP thread: mutmut forks each mutant's run from a parent in which torch (the
+    # retrieval embedder) has started its thread pool, and a forked child waits forever on
+    # pool threads that did not survive the fork.
+    (cd "$dir" && PYTHONPATH="$dir/mutants/src" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+        nice -n 10 mutmut run --max-children "$JOBS" "$@")
 }
 
 sample() {  # sample <dir> <filters> <n>: n mutant names, evenly spread over the sorted names

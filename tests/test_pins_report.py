@@ -209,6 +209,51 @@ def test_a_free_teacher_gives_no_relative_cost(tmp_path):
     assert r.baseline_cost_per_episode == 0.0
 
 
+def capped_episode(log: Log, run: str, task: str, steps: int, won: bool, cap: int | None,
+                   step_cost: float) -> None:
+    """An episode of `steps` steps costing `step_cost` each, played under step cap `cap`."""
+    episode = log.log.start_episode(run, task)
+    for i in range(steps):
+        log.log.record_step(episode, run, StepRecord(
+            idx=i, prompt_hash=f"h{i}", new_messages=[], actor="teacher", verdict="teacher"),
+            [CallRecord(role="teacher", model=T, provider="scripted", cost_usd=step_cost)])
+    log.log.finish_episode(episode, success=won, status="success" if won else "failure",
+                           info={} if cap is None else {"max_steps": cap})
+
+
+def test_the_teacher_is_judged_at_the_runs_step_cap(tmp_path):
+    # Teacher at a 30-step cap: g1 won in 20 steps, g2 in 10, g3 lost at 30. The run, at a
+    # 15-step cap, is compared with a teacher that would have won g2 only and paid for at
+    # most 15 steps of each game.
+    log = Log(tmp_path)
+    log.run("teacher", "teacher")
+    for task, steps, won in (("g1", 20, True), ("g2", 10, True), ("g3", 30, False)):
+        capped_episode(log, "teacher", task, steps, won, cap=30, step_cost=0.25)
+    log.run("distill", "distill")
+    for task in ("g1", "g2", "g3"):
+        capped_episode(log, "distill", task, 5, task != "g3", cap=15, step_cost=0.125)
+    r = log.summaries()["distill"]
+    assert (r.baseline_episodes, r.baseline_wins) == (3, 1)
+    assert r.baseline_cost_per_episode == (15 * 0.25 + 10 * 0.25 + 15 * 0.25) / 3
+    assert r.relative_cost == 0.625 / r.baseline_cost_per_episode
+    teacher = log.summaries()["teacher"]  # at its own cap every episode counts as played
+    assert (teacher.baseline_wins, teacher.baseline_cost_per_episode) == (2, 60 * 0.25 / 3)
+
+
+@pytest.mark.parametrize(("teacher_cap", "compared"), [(10, 0), (15, 1), (None, 1)])
+def test_a_teacher_with_fewer_steps_than_the_run_is_no_baseline(tmp_path, teacher_cap, compared):
+    # A teacher that lost at a 10-step cap might have won with the 15 the run had: left out.
+    # Unknown caps (a decorated loop, an older log) are compared as before.
+    log = Log(tmp_path)
+    log.run("teacher", "teacher")
+    capped_episode(log, "teacher", "g1", 10, False, cap=teacher_cap, step_cost=0.25)
+    log.run("distill", "distill")
+    capped_episode(log, "distill", "g1", 15, False, cap=15, step_cost=0.125)
+    r = log.summaries()["distill"]
+    assert r.baseline_episodes == compared
+    assert r.saving_withheld == (NO_BASELINE if not compared else None)
+
+
 def test_wilson_interval_by_its_formula():
     for wins, n, z in [(1, 2, 1.0), (3, 7, 1.959963984540054), (0, 1, 2.5), (9, 9, 1.5)]:
         p = wins / n
