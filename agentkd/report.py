@@ -12,7 +12,8 @@ cap: a teacher win in more steps than the run had counts as a loss, its cost is 
 steps up to the cap cost, and teacher episodes played with a lower cap are left out (see
 `_comparisons`). Relative cost and break-even are given only where the run's success on
 those tasks is within or above the baseline's 95% interval; otherwise they are None and
-`saving_withheld` says why ("below teacher success", no baseline on these tasks, no saving per episode).
+`saving_withheld` says why ("below teacher success", no baseline on these tasks, no saving
+per episode).
 
 Break-even episodes = demo-collection cost (the total spend of the teacher's collect runs) /
 (teacher cost per episode − this run's cost per episode), both on the shared tasks.
