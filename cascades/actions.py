@@ -26,7 +26,7 @@ def normalize_action(action: str) -> str:
     return re.sub(r"\s+", " ", action).strip(_END_PUNCT).lower()
 
 
-def _tool_call_action(tool_calls: list[Any]) -> str | None:
+def _tool_call_action(tool_calls: list[Any] | tuple[Any, ...]) -> str | None:
     canon = []
     for call in tool_calls:
         if isinstance(call, dict):
@@ -49,7 +49,9 @@ def _tool_call_action(tool_calls: list[Any]) -> str | None:
 def default_extractor(message: dict[str, Any]) -> str | None:
     tool_calls = message.get("tool_calls")
     if tool_calls:
-        return _tool_call_action(list(tool_calls))
+        # Anything but a list of calls is a malformed message (a provider bug, a fuzzer): no
+        # action, so the sample cannot agree, rather than an error that ends the step.
+        return _tool_call_action(tool_calls) if isinstance(tool_calls, list | tuple) else None
     content = message.get("content") or ""
     if not isinstance(content, str):
         return None

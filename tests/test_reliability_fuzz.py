@@ -18,7 +18,7 @@ import litellm
 import numpy as np
 import pytest
 from faultserver import FaultServer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from reliability_support import STUDENT, TEACHER, check_log, count_rows, register_prices
 
@@ -192,6 +192,9 @@ def test_huge_messages_are_served_and_logged_whole(scripted, small_store, tmp_pa
     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=5), st.integers())),
     max_size=4))
 @settings(FUZZ, max_examples=200)
+@example({"tool_calls": True})  # found by this test: `list(True)` raised
+@example({"tool_calls": 3})
+@example({"tool_calls": {"name": "x"}})
 def test_fuzzed_message_dicts_never_break_action_extraction(message):
     action = extract_action(message)
     assert action is None or (isinstance(action, str) and action)
