@@ -123,7 +123,13 @@ def train(
     from agentkd.memory.data import load_dataset, select_questions
     from agentkd.memory.pipeline import Pipeline
     from agentkd.memory.ppo import PPOConfig, greedy_tiers, train_router
-    from agentkd.memory.rollouts import Reward, RolloutCache, build_table, variants
+    from agentkd.memory.rollouts import (
+        Reward,
+        RolloutCache,
+        build_table,
+        pending_runs,
+        variants,
+    )
 
     try:
         cfg = _config(config_file, {"strategy": strategy, "high_model": high_model,
@@ -139,7 +145,9 @@ def train(
         console.print(f"{len(items)} training questions from {len(samples)} samples; "
                       f"rollout cache {pipeline_cache / 'rollouts.sqlite'}")
         with RolloutCache(pipeline_cache / "rollouts.sqlite") as cache, _progress() as bar:
-            task = bar.add_task("rollout table", total=len(items) * len(variants()), note="")
+            total = len(items) * len(variants())
+            left = pending_runs(pipeline, cache, items, scorer_name)
+            task = bar.add_task("rollout table", total=total, completed=total - left, note="")
             table = build_table(pipeline, cache, items, scorer, scorer_name,
                                 progress=lambda note: bar.update(task, advance=1, note=note))
         paths = _out_paths(out, lambdas)

@@ -162,13 +162,32 @@ def outcome_payload(result: PipelineResult, score: float) -> dict[str, object]:
             "errors": [m.error for m in result.modules if m.error]}
 
 
+STATE_VARIANTS = ("ref", "filter=low", "filter=high")  # the runs that record a Filter state
+
+
+def missing(cache: RolloutCache, cfg: str, qid: str, name: str, tiers: dict[str, str]) -> bool:
+    """Whether variant `name` of query `qid` still has to run (no outcome, or no state)."""
+    if cache.outcome(cfg, qid, name) is None:
+        return True
+    return name in STATE_VARIANTS and cache.state(cfg, qid, f"filter:{tiers['filter']}") is None
+
+
+def pending_runs(pipeline: Pipeline, cache: RolloutCache, items: list[tuple[Sample, QAItem]],
+                 scorer_name: str = "f1") -> int:
+    """How many pipeline runs `build_table` still has to make for `items`."""
+    cfg = config_key(pipeline, scorer_name)
+    return sum(missing(cache, cfg, qa.qid, name, tiers)
+               for _, qa in items for name, tiers in variants())
+
+
 def build_table(pipeline: Pipeline, cache: RolloutCache,
                 items: list[tuple[Sample, QAItem]], scorer: Scorer, scorer_name: str = "f1",
                 progress: Callable[[str], None] | None = None) -> list[QueryOutcomes]:
     """Run (or read back) the 11 variants per query and return the factored table.
 
-    `progress` is called once per variant with a short label (for a progress bar); pressing
-    Ctrl-C loses at most the variant in flight.
+    `progress` is called once per variant actually run, with a short label (for a progress
+    bar started at `pending_runs`' complement); pressing Ctrl-C loses at most the variant in
+    flight.
     """
     if pipeline.ctx.memo is not cache:
         pipeline.ctx.memo = cache
@@ -182,9 +201,9 @@ def build_table(pipeline: Pipeline, cache: RolloutCache,
         filter_vecs: dict[str, np.ndarray] = {}
         for name, tiers in variants():
             payload = cache.outcome(cfg, qa.qid, name)
-            needs_state = name in ("ref", "filter=low", "filter=high")
+            needs_state = name in STATE_VARIANTS
             state_name = f"filter:{tiers['filter']}"
-            if payload is None or (needs_state and cache.state(cfg, qa.qid, state_name) is None):
+            if missing(cache, cfg, qa.qid, name, tiers):
                 if sample.sample_id not in indexes:
                     indexes[sample.sample_id] = pipeline.index(sample.turns)
                 result = pipeline.run(qa.question, indexes[sample.sample_id], FixedTiers(tiers))
@@ -194,6 +213,9 @@ def build_table(pipeline: Pipeline, cache: RolloutCache,
                 cache.put_state(cfg, qa.qid, "query", result.states["filter"][0])
                 cache.put_state(cfg, qa.qid, "retrieved", result.states["filter"][1])
                 cache.put_state(cfg, qa.qid, state_name, result.states["entity"][1])
+                if progress:
+                    progress(f"{qa.qid} {name}")
+            assert payload is not None
             if needs_state:
                 vec = cache.state(cfg, qa.qid, state_name)
                 assert vec is not None
@@ -205,8 +227,6 @@ def build_table(pipeline: Pipeline, cache: RolloutCache,
                 module, tier = name.split("=")
                 score[MODULES.index(module), TIERS.index(tier)] = s
                 cost[MODULES.index(module), TIERS.index(tier)] = c
-            if progress:
-                progress(f"{qa.qid} {name}")
         qv, rv = cache.state(cfg, qa.qid, "query"), cache.state(cfg, qa.qid, "retrieved")
         assert qv is not None and rv is not None
         table.append(QueryOutcomes(

@@ -35,7 +35,14 @@ from agentkd.memory.integration import MEMORY_HEADER, compress_history
 from agentkd.memory.metrics import token_f1
 from agentkd.memory.modules import MODULE_TYPES, ModuleContext
 from agentkd.memory.ppo import PPOConfig, greedy_tiers, train_router
-from agentkd.memory.rollouts import QueryOutcomes, Reward, RolloutCache, build_table, variants
+from agentkd.memory.rollouts import (
+    QueryOutcomes,
+    Reward,
+    RolloutCache,
+    build_table,
+    pending_runs,
+    variants,
+)
 
 DIM = 384
 MEMORY = "\n".join([
@@ -335,9 +342,12 @@ def test_rollout_table_is_cached_and_resumable(pipeline: Pipeline, scripted: Any
                                                tmp_path: Path) -> None:
     items = select_questions(tiny_samples(), None)
     scorer = lambda qa, answer: token_f1(answer, qa.answer)  # noqa: E731
+    ran: list[str] = []
     with RolloutCache(tmp_path / "r.sqlite") as cache:
-        table = build_table(pipeline, cache, items, scorer)
-    assert len(table) == 2 and len(variants()) == 11
+        assert pending_runs(pipeline, cache, items) == 22
+        table = build_table(pipeline, cache, items, scorer, progress=ran.append)
+        assert pending_runs(pipeline, cache, items) == 0
+    assert len(table) == 2 and len(variants()) == 11 and len(ran) == 22
     q0 = table[0]
     assert q0.score.shape == (5, 3) and q0.memory_vecs.shape == (4, DIM)
     assert q0.ref_score == pytest.approx(1.0)  # scripted answer is exactly the gold
@@ -345,8 +355,8 @@ def test_rollout_table_is_cached_and_resumable(pipeline: Pipeline, scripted: Any
     calls_before = len(scripted.received)
     fresh = Pipeline(pipeline.config, embedder=HashEmbedder())
     with RolloutCache(tmp_path / "r.sqlite") as cache:
-        again = build_table(fresh, cache, items, scorer)
-    assert len(scripted.received) == calls_before  # nothing re-run
+        again = build_table(fresh, cache, items, scorer, progress=ran.append)
+    assert len(scripted.received) == calls_before and len(ran) == 22  # nothing re-run
     np.testing.assert_allclose(again[0].score, q0.score)
     np.testing.assert_allclose(again[1].memory_vecs, table[1].memory_vecs)
 
