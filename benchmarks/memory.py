@@ -80,6 +80,13 @@ def stage_file(out: Path, strategy: str, questions: int) -> Path:
     return out / strategy / f"frontier-{questions}.json"
 
 
+def held_test_questions() -> int:
+    """Questions in LoCoMo's test split (conversations 8-9, category 5 dropped): 314."""
+    from agentkd.memory.data import load_dataset
+
+    return sum(len(s.questions) for s in load_dataset("locomo", split="test"))
+
+
 def run(cmd: list[str], env: dict[str, str]) -> None:
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=env)
@@ -118,7 +125,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/memory"))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--stages", default="40,100,200",
-                        help="Comma-separated growing question counts (max 314).")
+                        help="Comma-separated growing question counts (at most 314).")
     parser.add_argument("--train-per-sample", type=int, default=2)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--time", action="store_true",
@@ -136,6 +143,10 @@ def main() -> int:
         parser.error(f"--strategies: choose from {', '.join(STRATEGIES)}")
     if not stages or stages[0] < 1:
         parser.error("--stages needs at least one question count >= 1")
+    held = held_test_questions()
+    if stages[-1] > held:
+        parser.error(f"--stages: LoCoMo's test conversations hold {held} questions "
+                     f"(category 5 aside), asked for {stages[-1]}")
     env = {**os.environ}
     env.setdefault("AGENTKD_LOCAL_N_THREADS", "1")
     env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
