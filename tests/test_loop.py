@@ -177,10 +177,13 @@ def test_the_real_loop_survives_ctrl_c_and_a_rerun_skips_finished_phases(
     require(importable("trl"), "the loop trains: pip install 'agentkd[train]'")
     workdir = tmp_path / "loop"
     argv = [sys.executable, "-m", "agentkd.cli", "loop", "alfworld", "--workdir",
-            str(workdir), "--train-games", "2", "--max-records", "4", "--grad-accum", "2",
-            "--save-steps", "1", "--max-length", "256", "--eval-limit", "3",
-            "--calibrate-games", "1", "--eval-games", "2", "--max-steps", "4", "--threads", "2"]
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "COLUMNS": "200"}
+            str(workdir), "--train-games", "2", "--val-fraction", "0", "--max-records", "4",
+            "--grad-accum", "2", "--save-steps", "1", "--max-length", "256",
+            "--calibrate-games", "1", "--eval-games", "2", "--max-steps", "3", "--samples", "1",
+            "--k", "1", "--threads", "1"]
+    # One llama.cpp thread: on 2 shared cores a second one only waits for the first.
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "COLUMNS": "200",
+           "AGENTKD_LOCAL_N_THREADS": "1"}
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                              text=True)
     # Ctrl-C once training has started (the first two phases wrote their markers).
@@ -215,6 +218,11 @@ def test_the_real_loop_survives_ctrl_c_and_a_rerun_skips_finished_phases(
     runs = {s["mode"]: s for s in body["summaries"]}
     assert runs["teacher"]["teacher"] == runs["distill"]["teacher"] == "alfworld/rescue"
 
+    # A finished loop run again does nothing: no game is played, no marker rewritten.
+    markers = {p: (p.read_text(), p.stat().st_mtime_ns) for p in (workdir / "phases").iterdir()}
+    played = {run: len(log.episodes(run)) for run in body["runs"]}
     third = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert third.returncode == 0, third.stdout + third.stderr
     assert all(f"{n}: done, skipped" in third.stdout for n in NAMES), third.stdout
+    assert {p: (p.read_text(), p.stat().st_mtime_ns) for p in markers} == markers
+    assert {run: len(log.episodes(run)) for run in body["runs"]} == played

@@ -72,13 +72,17 @@ def loop_alfworld(
         error = exc.errors()[0]
         fail(f"bad loop option --{str(error['loc'][0]).replace('_', '-')}: {error['msg']}")
         return
-    try:
-        run_loop(config)
-    except PhaseInterrupted as exc:
-        from agentkd.envs.cli import console
+    from agentkd.envs.cli import console
 
-        console.print(f"[yellow]interrupted[/yellow] during {exc.phase}; finished phases are "
-                      f"kept: rerun the same command to continue")
+    try:
+        outputs = run_loop(config)
+    except KeyboardInterrupt as exc:
+        during = f" during {exc.phase}" if isinstance(exc, PhaseInterrupted) else ""
+        console.print(f"[yellow]interrupted[/yellow]{during}; finished phases are kept: "
+                      f"rerun the same command to continue")
         raise typer.Exit(130) from None
     except AgentKDError as exc:
         fail(str(exc))
+        return
+    console.print(f"report: {outputs['report']['report']} (again: agentkd report --log "
+                  f"{config.log})", highlight=False, soft_wrap=True)
