@@ -37,10 +37,11 @@ from typing import Any
 from pydantic import BaseModel
 from rich import box
 from rich.table import Table
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, case, func, select, true
 from sqlalchemy.orm import QueryableAttribute, aliased
 
 from agentkd.costs import MISMATCH_ABSOLUTE, MISMATCH_RELATIVE
+from agentkd.errors import InputError
 from agentkd.log import Episode, LLMCall, Run, Step, TrajectoryLog
 
 FINISHED = ("success", "failure", "done", "error", "budget")
@@ -155,7 +156,8 @@ def _step_cap(episode: type[Episode]) -> ColumnElement[int | None]:
     return episode.info["max_steps"].as_integer()
 
 
-def _comparisons(log: TrajectoryLog) -> dict[tuple[str, str], _Comparison]:
+def _comparisons(log: TrajectoryLog, baseline_run: str | None = None
+                 ) -> dict[tuple[str, str], _Comparison]:
     """(run id, baseline mode) → the run and that mode's teacher episodes on shared tasks.
 
     The run's side is grouped per task id and step cap, the baseline's side counted per
@@ -163,7 +165,8 @@ def _comparisons(log: TrajectoryLog) -> dict[tuple[str, str], _Comparison]:
     shared task exactly once. A teacher episode is judged at the run's step cap `c`: it is
     a win only if it won within `c` steps, and it costs what its first `c` steps cost (a
     capped teacher takes the same first steps). A teacher episode played with a lower cap
-    than the run's is left out: it might have won with the steps it was not given.
+    than the run's is left out: it might have won with the steps it was not given. With
+    `baseline_run`, only that run's episodes are the baseline.
     """
     finished = Episode.status.in_(FINISHED)
     # The cap is read once, in a subquery: PostgreSQL does not see two renderings of the same
@@ -197,7 +200,8 @@ def _comparisons(log: TrajectoryLog) -> dict[tuple[str, str], _Comparison]:
         .join(teacher, teacher.task_id == played.c.task_id)
         .join(Run, (Run.id == teacher.run_id) & (Run.teacher == played.c.teacher))
         .where(teacher.status.in_(FINISHED), Run.mode.in_(BASELINE_MODES),
-               cap.is_(None) | teacher_cap.is_(None) | (teacher_cap >= cap))
+               cap.is_(None) | teacher_cap.is_(None) | (teacher_cap >= cap),
+               true() if baseline_run is None else teacher.run_id == baseline_run)
         .group_by(played.c.run_id, Run.mode, played.c.task_id, cap, played.c.n,
                   played.c.wins, played.c.cost)
         .subquery()
@@ -249,6 +253,31 @@ def _versus_teacher(mode: str, comparison: _Comparison | None,
         fields["break_even_episodes"] = collection_cost / (baseline_cpe - run_cpe)
     else:
         fields["saving_withheld"] = NO_SAVING
+    return fields
+
+
+def versus_baseline(log: TrajectoryLog, run_id: str, baseline_run: str,
+                    one_time_usd: float) -> dict[str, Any]:
+    """`run_id` against one teacher-only run on their shared tasks, by the rule of every
+    summary (no saving below the teacher's interval, the teacher judged at the run's step
+    cap), with `one_time_usd` (demo collection, training) as what the saving pays off.
+
+    The RunSummary baseline fields, plus the run's `success_rate`, `cost_per_episode` and
+    `saving_per_episode` on those tasks (the saving None where it is withheld).
+    """
+    with log.session() as s:
+        mode = s.scalar(select(Run.mode).where(Run.id == run_id))
+    if mode is None:
+        raise InputError(f"no run {run_id!r} in the log")
+    comparison = next((c for (run, _), c in _comparisons(log, baseline_run).items()
+                       if run == run_id), None)
+    fields = _versus_teacher(mode, comparison, one_time_usd)
+    fields["success_rate"] = comparison.wins / comparison.episodes if comparison else None
+    fields["cost_per_episode"] = comparison.cost / comparison.episodes if comparison else None
+    fields["saving_per_episode"] = (
+        fields["baseline_cost_per_episode"] - fields["cost_per_episode"]
+        if fields["break_even_episodes"] is not None else None)
+    fields["one_time_usd"] = one_time_usd
     return fields
 
 

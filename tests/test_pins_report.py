@@ -11,6 +11,7 @@ import pytest
 from rich import box
 from rich.table import Table
 
+from agentkd.errors import InputError
 from agentkd.log import CallRecord, StepRecord, TrajectoryLog
 from agentkd.report import (
     BELOW_TEACHER,
@@ -24,6 +25,7 @@ from agentkd.report import (
     success_cell,
     summary_table,
     teacher_name,
+    versus_baseline,
     wilson_interval,
 )
 
@@ -252,6 +254,22 @@ def test_a_teacher_with_fewer_steps_than_the_run_is_no_baseline(tmp_path, teache
     r = log.summaries()["distill"]
     assert r.baseline_episodes == compared
     assert r.saving_withheld == (NO_BASELINE if not compared else None)
+
+
+def test_versus_one_baseline_run_pays_off_the_one_time_cost(tmp_path):
+    log = Log(tmp_path)
+    for run in ("teacher-a", "teacher-b"):
+        log.run(run, "teacher")
+    log.episode("teacher-a", "g1", True, 1.0)
+    log.episode("teacher-b", "g1", True, 3.0)  # another baseline run: not this comparison's
+    log.run("distill", "distill")
+    log.episode("distill", "g1", True, 0.25)
+    v = versus_baseline(log.log, "distill", "teacher-a", one_time_usd=1.5)
+    assert (v["baseline_episodes"], v["baseline_cost_per_episode"]) == (1, 1.0)
+    assert (v["success_rate"], v["cost_per_episode"], v["saving_per_episode"]) == (1.0, 0.25, 0.75)
+    assert v["break_even_episodes"] == 1.5 / 0.75 and v["relative_cost"] == 0.25
+    with pytest.raises(InputError, match="no run 'nope'"):
+        versus_baseline(log.log, "nope", "teacher-a", one_time_usd=0.0)
 
 
 def test_wilson_interval_by_its_formula():

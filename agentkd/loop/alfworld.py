@@ -239,7 +239,7 @@ def report(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
     one-time cost (collection + training) amortised: report.py's rule withholds the saving
     below the teacher's 95% interval."""
     from agentkd.log import TrajectoryLog
-    from agentkd.report import run_summaries, summary_table
+    from agentkd.report import run_summaries, summary_table, versus_baseline
 
     c = ctx.config
     log = TrajectoryLog(c.log)
@@ -249,8 +249,8 @@ def report(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
     collect_usd = float(done["collect"]["cost_usd"])
     cpu_seconds = float(done["train"]["cpu_seconds"])
     train_usd = cpu_seconds / 3600 * c.train_usd_per_cpu_hour
-    versus = versus_teacher(log, done["distill"]["distill_run"],
-                            done["distill"]["baseline_run"], collect_usd + train_usd)
+    versus = versus_baseline(log, done["distill"]["distill_run"],
+                             done["distill"]["baseline_run"], collect_usd + train_usd)
     body = {
         "config": c.model_dump(mode="json"), "log": c.log, "runs": runs,
         "student": done["train"]["student"], "cascade": done["calibrate"]["cascade"],
@@ -274,38 +274,6 @@ def report(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
     ctx.say(f"{line}\nwrote {path}")
     return {"report": str(path), "break_even_episodes": versus["break_even_episodes"],
             "saving_withheld": versus["saving_withheld"]}
-
-
-def versus_teacher(log: Any, run: str, baseline: str, one_time_usd: float) -> dict[str, Any]:
-    """`run` against the teacher-only `baseline` on their shared tasks, through report.py's
-    rule (no saving below the teacher's interval), with `one_time_usd` to amortise."""
-    from agentkd.log import Episode
-    from agentkd.report import FINISHED, _Comparison, _versus_teacher
-
-    def by_task(run_id: str) -> dict[str, list[Episode]]:
-        out: dict[str, list[Episode]] = {}
-        for e in log.episodes(run_id):
-            if e.status in FINISHED:
-                out.setdefault(e.task_id, []).append(e)
-        return out
-
-    ours, theirs = by_task(run), by_task(baseline)
-    shared = [t for t in ours if t in theirs]
-    mine = [e for t in shared for e in ours[t]]
-    base = [e for t in shared for e in theirs[t]]
-    comparison = _Comparison(
-        episodes=len(mine), wins=sum(bool(e.success) for e in mine),
-        cost=sum(e.cost_usd or 0.0 for e in mine), baseline_episodes=len(base),
-        baseline_wins=sum(bool(e.success) for e in base),
-        baseline_cost=sum(e.cost_usd or 0.0 for e in base)) if shared else None
-    fields = _versus_teacher("distill", comparison, one_time_usd)
-    fields["success_rate"] = comparison.wins / comparison.episodes if comparison else None
-    fields["cost_per_episode"] = comparison.cost / comparison.episodes if comparison else None
-    saving = (fields.get("baseline_cost_per_episode") or 0.0) - (fields["cost_per_episode"]
-                                                                   or 0.0)
-    fields["saving_per_episode"] = saving if fields["break_even_episodes"] is not None else None
-    fields["one_time_usd"] = one_time_usd
-    return fields
 
 
 PHASES: tuple[Phase[LoopContext], ...] = (
