@@ -142,8 +142,13 @@ def test_teacher_error_raises_clear_error_and_keeps_the_log(scripted, log_url):
                                               llm_provider="scripted", model=TEACHER)
 
     scripted.scripts[TEACHER] = down
+    # One n=3 request, so the three samples disagree. With "auto" (supports_n is False for
+    # the scripted provider) this test alone sent three n=1 requests that all said "a", the
+    # step was accepted and nothing raised; it passed in the full suite only through state
+    # earlier tests left behind.
     kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
-                           demos=_empty_store(log_url), teacher_retries=0)
+                           demos=_empty_store(log_url), teacher_retries=0,
+                           cascade={"sampling": "n"})
     msgs = [{"role": "user", "content": "go"}]
     with pytest.raises(agentkd.TeacherError, match="503 upstream down"), \
             kd.episode_scope(task_id="e"):
