@@ -53,7 +53,7 @@ src/agentkd/cascades/signals.py|agentkd.cascades.*|tests/test_pins_gate.py \
 tests/test_reliability_fuzz.py tests/test_distiller.py" ;;
         report) echo "src/agentkd/report.py|agentkd.report.*|tests/test_pins_report.py \
 tests/test_report.py tests/test_cache_report.py" ;;
-        llm) echo "src/agentkd/llm.py|agentkd.llm.*|tests/test_pins_llm.py \
+        llm) echo "src/agentkd/llm.py|agentkd.llm.*|tests/test_pins_llm.py tests/test_cache_cascade.py \
 tests/test_reliability_faults.py" ;;
         costs) echo "src/agentkd/costs.py|agentkd.costs.*|tests/test_pins_llm.py \
 tests/test_costs.py tests/test_reliability_budget.py" ;;

@@ -305,3 +305,78 @@ def test_supports_n_and_logprobs():
     assert llm.provider_of("no-such-bare-model-xyz") is None
     assert not llm.supports_n("nosuchprovider/some-model")
     assert not llm.supports_logprobs("no-such-bare-model-xyz")
+
+
+# ---- what the first pins left unpinned (mutation testing of agentkd/llm.py) ---------------
+
+def test_every_credential_kwarg_is_registered_as_a_secret():
+    from agentkd.secrets import scrub
+
+    llm._protect({"api_base": "http://pinuser:p%40ss-pin-77@127.0.0.1:9/v1",
+                  "headers": {"Authorization": "Bearer hdr-pin-token-88", "X-Empty": ""},
+                  "extra_headers": {"X-Key": "xk-pin-99"}})
+    text = "p@ss-pin-77 hdr-pin-token-88 xk-pin-99 cGludXNlcjpwQHNzLXBpbi03Nw=="
+    assert scrub(text).split() == ["[REDACTED]"] * 4  # the password, tokens, basic auth
+
+
+class _Outcome:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def exception(self) -> BaseException:
+        return self.exc
+
+
+class _State:
+    def __init__(self, exc: BaseException | None) -> None:
+        self.outcome = _Outcome(exc) if exc is not None else None
+        self.attempt_number = 1
+
+
+class _Response:
+    headers = {"retry-after": "7"}
+
+
+@pytest.mark.parametrize("where", ["response", "litellm_response_headers"])
+def test_the_wait_is_the_providers_retry_after(srv, where):
+    exc = Exception("429")
+    if where == "response":
+        exc.response = _Response()  # type: ignore[attr-defined]
+    else:
+        exc.litellm_response_headers = _Response.headers  # type: ignore[attr-defined]
+    assert llm._retry_wait(2)(_State(exc)) == 7.0
+
+
+def test_without_an_outcome_the_wait_is_litellms_backoff(srv):
+    assert llm._retry_wait(2)(_State(None)) == 0.001  # INITIAL_RETRY_DELAY · 2^0, no jitter
+
+
+def test_latency_is_the_calls_own_duration(srv):
+    import time
+
+    start = time.perf_counter()
+    result = complete(srv)
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    assert 0 < result.record.latency_ms <= elapsed_ms
+
+
+def test_samples_are_the_students_by_default(srv):
+    s = llm.sample(MODEL, MSGS, n=2, temperature=0.7, use_n=False, api_base=srv.url,
+                   api_key=KEY, timeout=10)
+    assert [r.record.role for r in s.results] == ["student", "student"]
+
+
+def test_an_anthropic_prompt_is_marked_and_warmed_only_when_asked():
+    from cacheserver import CacheServer
+
+    model = "anthropic/claude-sonnet-4-5"
+    with CacheServer() as server:
+        plain = llm.sample(model, MSGS, n=2, temperature=0.7, use_n=False, role="teacher",
+                           api_base=server.url, api_key="sk-loopback", max_tokens=20)
+        assert "cache_control" not in json.dumps(server.requests)  # the default: no marks
+        server.requests.clear()
+        warm = llm.sample(model, MSGS, n=2, temperature=0.7, use_n=False, role="teacher",
+                          cache_prefix=True, api_base=server.url, api_key="sk-loopback",
+                          max_tokens=20)
+        assert len(server.requests) == 2 and "cache_control" in json.dumps(server.requests[0])
+    assert [r.record.role for r in plain.results + warm.results] == ["teacher"] * 4
