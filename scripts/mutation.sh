@@ -60,7 +60,8 @@ tests/test_costs.py tests/test_reliability_budget.py" ;;
         step)
             local filters="" m
             for m in $STEP_METHODS; do filters+="agentkd.distiller.xǁDistillerǁ${m}__mutmut_* "; done
-            echo "src/agentkd/distiller.py|${filters% }|tests/test_pins_step.py tests/test_distiller.py" ;;
+            echo "src/agentkd/distiller.py|${filters% }|tests/test_pins_step.py tests/test_distiller.py \
+tests/test_calibration.py tests/test_export.py" ;;
         *) echo "unknown module '$1': choose from cascades gate report llm costs step" >&2
            return 2 ;;
     esac

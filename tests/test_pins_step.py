@@ -244,3 +244,45 @@ def test_the_shadow_draw_is_reproducible_from_its_seed(scripted, log_url):
 
     draw = random.Random(7)
     assert draws[0] == draws[1] == [draw.random() < 0.5 for _ in range(20)]
+
+
+# ---- what the first pins left unpinned (mutation testing of Distiller._step) --------------
+
+def test_each_logged_sample_keeps_its_text_action_and_group(scripted, log_url):
+    scripted.scripts[STUDENT] = lambda messages, n: SPLIT[:n]
+    scripted.scripts[TEACHER] = lambda messages, n: ["Action: take mug 1"] * n
+    kd = distiller(log_url, agreement=0.6)
+    _, episode = play(kd, ["You see a desk 1."])
+    (step,) = kd.log.steps(episode)
+    assert step.samples == [
+        {"content": SPLIT[0], "tool_calls": None, "action": "look", "group": 0,
+         "logprob": None, "demo_match": None},
+        {"content": SPLIT[1], "tool_calls": None, "action": "go to desk 1", "group": 1,
+         "logprob": None, "demo_match": None},
+        {"content": SPLIT[2], "tool_calls": None, "action": "go to desk 1", "group": 1,
+         "logprob": None, "demo_match": None}]
+
+
+def test_the_shadow_label_uses_the_distillers_own_extractor(scripted, log_url):
+    # An agent whose actions are the text after "Do:"; the default extractor would read the
+    # whole last line, so a shadow label with it would never match the student's action.
+    def extractor(message: dict[str, Any]) -> str | None:
+        content = message.get("content") or ""
+        return content.rsplit("Do:", 1)[-1].strip() or None
+
+    scripted.scripts[STUDENT] = lambda messages, n: ["plan. Do: open box"] * n
+    scripted.scripts[TEACHER] = lambda messages, n: ["other plan. Do: open box"] * n
+    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                           extractor=extractor, cascade={"sampling": "n", "shadow": 1.0})
+    _, episode = play(kd, ["A box."])
+    (step,) = kd.log.steps(episode)
+    assert (step.actor, step.teacher_action, step.student_correct) == (
+        "student", "open box", True)
+
+
+def test_student_kwargs_reach_every_student_request(scripted, log_url):
+    scripted.scripts[STUDENT] = lambda messages, n: ["Action: look"] * n
+    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                           cascade={"sampling": "n"}, student_kwargs={"max_tokens": 7})
+    play(kd, ["A room.", "Another room."])
+    assert [p.get("max_tokens") for p in requests(scripted, STUDENT)] == [7, 7]
