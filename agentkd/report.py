@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from rich import box
 from rich.table import Table
 from sqlalchemy import ColumnElement, case, func, select, true
-from sqlalchemy.orm import QueryableAttribute, aliased
+from sqlalchemy.orm import QueryableAttribute
 
 from agentkd.costs import MISMATCH_ABSOLUTE, MISMATCH_RELATIVE
 from agentkd.errors import InputError
@@ -169,40 +169,44 @@ def _comparisons(log: TrajectoryLog, baseline_run: str | None = None
     `baseline_run`, only that run's episodes are the baseline.
     """
     finished = Episode.status.in_(FINISHED)
-    # The cap is read once, in a subquery: PostgreSQL does not see two renderings of the same
-    # JSON lookup (each with its own bound key) as one GROUP BY expression.
-    episodes = (select(Episode.id, Episode.run_id, Episode.task_id, Episode.success,
-                       Episode.cost_usd, _step_cap(Episode).label("cap"))
-                .where(finished).subquery())
-    won = func.sum(case((episodes.c.success.is_(True), 1), else_=0))
+    won = func.sum(case((Episode.success.is_(True), 1), else_=0))
+    # Grouped by the label: PostgreSQL does not see two renderings of the JSON lookup (each
+    # with its own bound key) as one expression.
+    step_cap = _step_cap(Episode).label("cap")
     played = (
-        select(episodes.c.run_id, Run.teacher, episodes.c.task_id, episodes.c.cap,
-               func.count(episodes.c.id).label("n"), won.label("wins"),
-               func.sum(episodes.c.cost_usd).label("cost"))
-        .select_from(episodes).join(Run, Run.id == episodes.c.run_id)
-        .group_by(episodes.c.run_id, Run.teacher, episodes.c.task_id, episodes.c.cap)
+        select(Episode.run_id, Run.teacher, Episode.task_id, step_cap,
+               func.count(Episode.id).label("n"), won.label("wins"),
+               func.sum(Episode.cost_usd).label("cost"))
+        .select_from(Episode).join(Run, Run.id == Episode.run_id)
+        .where(finished)
+        .group_by(Episode.run_id, Run.teacher, Episode.task_id, step_cap)
         .subquery()
     )
-    cap = played.c.cap
-    teacher = aliased(Episode)
-    teacher_cap = _step_cap(teacher)
-    within_cap = cap.is_(None) | (teacher.n_steps <= cap)
+    # The teacher's episodes in a subquery of their own, not an alias of Episode: the
+    # dashboard narrows every Episode in a query by its filters, which an alias would escape.
+    teacher_cap = _step_cap(Episode).label("cap")
+    teacher = (
+        select(Episode.id, Run.teacher, Run.mode, Episode.task_id, Episode.success,
+               Episode.n_steps, Episode.cost_usd, teacher_cap)
+        .select_from(Episode).join(Run, Run.id == Episode.run_id)
+        .where(finished, Run.mode.in_(BASELINE_MODES),
+               true() if baseline_run is None else Episode.run_id == baseline_run)
+        .subquery()
+    )
+    cap, t = played.c.cap, teacher.c
+    within_cap = cap.is_(None) | (t.n_steps <= cap)
     first_steps_cost = (select(func.coalesce(func.sum(Step.cost_usd), 0.0))
-                        .where(Step.episode_id == teacher.id, Step.idx < cap)
+                        .where(Step.episode_id == t.id, Step.idx < cap)
                         .scalar_subquery())
     baseline = (
-        select(played.c.run_id, Run.mode, played.c.n, played.c.wins, played.c.cost,
-               func.count(teacher.id).label("bn"),
-               func.sum(case((teacher.success.is_(True) & within_cap, 1), else_=0)).label("bw"),
-               func.sum(case((within_cap, teacher.cost_usd), else_=first_steps_cost))
-               .label("bc"))
+        select(played.c.run_id, t.mode, played.c.n, played.c.wins, played.c.cost,
+               func.count(t.id).label("bn"),
+               func.sum(case((t.success.is_(True) & within_cap, 1), else_=0)).label("bw"),
+               func.sum(case((within_cap, t.cost_usd), else_=first_steps_cost)).label("bc"))
         .select_from(played)
-        .join(teacher, teacher.task_id == played.c.task_id)
-        .join(Run, (Run.id == teacher.run_id) & (Run.teacher == played.c.teacher))
-        .where(teacher.status.in_(FINISHED), Run.mode.in_(BASELINE_MODES),
-               cap.is_(None) | teacher_cap.is_(None) | (teacher_cap >= cap),
-               true() if baseline_run is None else teacher.run_id == baseline_run)
-        .group_by(played.c.run_id, Run.mode, played.c.task_id, cap, played.c.n,
+        .join(teacher, (t.task_id == played.c.task_id) & (t.teacher == played.c.teacher))
+        .where(cap.is_(None) | t.cap.is_(None) | (t.cap >= cap))
+        .group_by(played.c.run_id, t.mode, played.c.task_id, cap, played.c.n,
                   played.c.wins, played.c.cost)
         .subquery()
     )
