@@ -88,11 +88,20 @@ stage() {  # stage <dir>: the repository's sources as an installed src/ layout, 
 AT_IMPORT="src/agentkd/costs.py:register_price src/agentkd/costs.py:_per_token"
 
 keep_import_time_code() {  # keep_import_time_code <dir>: mark AT_IMPORT `no mutate block`
-    local entry
-    for entry in $AT_IMPORT; do
-        sed -i "s/^def ${entry#*:}(\(.*\)$/def ${entry#*:}(\1  # pragma: no mutate block/" \
-            "$1/${entry%%:*}"
-    done
+    # mutmut reads the pragma after the colon that ends the def, which may be lines below.
+    python - "$1" $AT_IMPORT <<'EOF'
+import sys
+from pathlib import Path
+
+root = Path(sys.argv[1])
+for entry in sys.argv[2:]:
+    path, name = entry.split(":")
+    lines = (root / path).read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"def {name}("))
+    end = next(i for i in range(at, len(lines)) if lines[i].rstrip().endswith(":"))
+    lines[end] += "  # pragma: no mutate block"
+    (root / path).write_text("\n".join(lines) + "\n")
+EOF
 }
 
 configure() {  # configure <dir> <files> <tests>: the module's keys in the copy's [tool.mutmut]
