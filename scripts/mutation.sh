@@ -55,7 +55,7 @@ tests/test_reliability_fuzz.py tests/test_distiller.py" ;;
 tests/test_report.py tests/test_cache_report.py" ;;
         llm) echo "src/agentkd/llm.py|agentkd.llm.*|tests/test_pins_llm.py tests/test_cache_cascade.py \
 tests/test_reliability_faults.py" ;;
-        costs) echo "src/agentkd/costs.py|agentkd.costs.*|tests/test_pins_llm.py \
+        costs) echo "src/agentkd/costs.py|agentkd.costs.*|tests/test_pins_llm.py tests/test_pins_costs.py \
 tests/test_costs.py tests/test_reliability_budget.py" ;;
         step)
             local filters="" m
