@@ -92,6 +92,9 @@ def _supports(model: str, param: str, known: set[str]) -> bool:
     if provider in known:
         return True
     try:
+        # litellm learns the providers of `litellm.custom_provider_map` on their first call;
+        # registered now, the first step of a process is told what the later ones are.
+        litellm.utils.custom_llm_setup()
         params = litellm.get_supported_openai_params(model=model, custom_llm_provider=provider)
     except Exception:
         return False

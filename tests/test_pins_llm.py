@@ -380,3 +380,23 @@ def test_an_anthropic_prompt_is_marked_and_warmed_only_when_asked():
                           max_tokens=20)
         assert len(server.requests) == 2 and "cache_control" in json.dumps(server.requests[0])
     assert [r.record.role for r in plain.results + warm.results] == ["teacher"] * 4
+
+
+def test_a_custom_provider_is_known_before_its_first_call():
+    # litellm registers custom providers on their first call: "auto" sampling and logprobs
+    # asked before it were answered False, after it True (the first step of a run sent n
+    # single requests and no logprobs, the later steps one n request with logprobs).
+    from litellm import CustomLLM
+
+    class Fresh(CustomLLM):
+        pass
+
+    import litellm
+
+    litellm.custom_provider_map = [*litellm.custom_provider_map,
+                                   {"provider": "fresh-pin", "custom_handler": Fresh()}]
+    try:
+        assert llm.supports_n("fresh-pin/model") and llm.supports_logprobs("fresh-pin/model")
+    finally:
+        litellm.custom_provider_map = [p for p in litellm.custom_provider_map
+                                       if p["provider"] != "fresh-pin"]
