@@ -156,7 +156,7 @@ def _step_cap(episode: type[Episode]) -> ColumnElement[int | None]:
     return episode.info["max_steps"].as_integer()
 
 
-def _comparisons(log: TrajectoryLog, baseline_run: str | None = None
+def _comparisons(log: TrajectoryLog, baseline_run: str | None = None, run: str | None = None
                  ) -> dict[tuple[str, str], _Comparison]:
     """(run id, baseline mode) → the run and that mode's teacher episodes on shared tasks.
 
@@ -166,7 +166,8 @@ def _comparisons(log: TrajectoryLog, baseline_run: str | None = None
     a win only if it won within `c` steps, and it costs what its first `c` steps cost (a
     capped teacher takes the same first steps). A teacher episode played with a lower cap
     than the run's is left out: it might have won with the steps it was not given. With
-    `baseline_run`, only that run's episodes are the baseline.
+    `baseline_run`, only that run's episodes are the baseline; with `run`, only that run is
+    compared.
     """
     finished = Episode.status.in_(FINISHED)
     won = func.sum(case((Episode.success.is_(True), 1), else_=0))
@@ -178,7 +179,7 @@ def _comparisons(log: TrajectoryLog, baseline_run: str | None = None
                func.count(Episode.id).label("n"), won.label("wins"),
                func.sum(Episode.cost_usd).label("cost"))
         .select_from(Episode).join(Run, Run.id == Episode.run_id)
-        .where(finished)
+        .where(finished, true() if run is None else Episode.run_id == run)
         .group_by(Episode.run_id, Run.teacher, Episode.task_id, step_cap)
         .subquery()
     )
@@ -273,8 +274,7 @@ def versus_baseline(log: TrajectoryLog, run_id: str, baseline_run: str,
         mode = s.scalar(select(Run.mode).where(Run.id == run_id))
     if mode is None:
         raise InputError(f"no run {run_id!r} in the log")
-    comparison = next((c for (run, _), c in _comparisons(log, baseline_run).items()
-                       if run == run_id), None)
+    comparison = next(iter(_comparisons(log, baseline_run, run_id).values()), None)
     fields = _versus_teacher(mode, comparison, one_time_usd)
     fields["success_rate"] = comparison.wins / comparison.episodes if comparison else None
     fields["cost_per_episode"] = comparison.cost / comparison.episodes if comparison else None
