@@ -47,7 +47,8 @@ STEP_METHODS="_step _decide _judge _label_shadow _sample_student _retrieve_demos
 spec() {
     case $1 in
         cascades) echo "src/agentkd/cascades/*.py|agentkd.cascades.*|tests/test_pins_gate.py \
-tests/test_calibration.py tests/test_reliability_fuzz.py tests/test_distiller.py" ;;
+tests/test_pins_calibration.py tests/test_calibration.py tests/test_reliability_fuzz.py \
+tests/test_distiller.py" ;;
         gate) echo "src/agentkd/cascades/gate.py src/agentkd/cascades/actions.py \
 src/agentkd/cascades/signals.py|agentkd.cascades.*|tests/test_pins_gate.py \
 tests/test_reliability_fuzz.py tests/test_distiller.py" ;;
