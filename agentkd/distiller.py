@@ -39,7 +39,7 @@ from agentkd.cascades import (
     default_extractor,
     extract_action,
 )
-from agentkd.cascades.gate import Decision, Equivalence
+from agentkd.cascades.gate import Decision, Equivalence, Validity
 from agentkd.cascades.signals import action_logprob
 from agentkd.config import Budget, Cascade, Retrieval, check_mode, load_cascade, validated
 from agentkd.costs import model_label
@@ -161,6 +161,9 @@ class Distiller:
         run: run id in the log; reuse one to resume a run.
         budget: spending / step caps (`Budget`).
         extractor, equivalent: action extraction and equivalence hooks for the gate.
+        valid: says whether an action is one the environment can take now (e.g. one of
+            ALFWorld's admissible commands); samples it rejects count against agreement,
+            so a student unanimous on an impossible action is deferred. None: all valid.
         key: retrieval key function over the raw messages.
         template: demo formatting function.
         teacher_kwargs, student_kwargs: extra litellm kwargs per side (api_base, ...).
@@ -192,6 +195,7 @@ class Distiller:
         budget: Budget | dict[str, Any] | None = None,
         extractor: ActionExtractor = default_extractor,
         equivalent: Equivalence | None = None,
+        valid: Validity | None = None,
         key: KeyFunction = default_key,
         template: DemoTemplate = default_template,
         teacher_kwargs: dict[str, Any] | None = None,
@@ -214,7 +218,7 @@ class Distiller:
         self.cascade: Cascade = validated(Cascade, cascade, "cascade")  # type: ignore[assignment]
         self.retrieval: Retrieval = validated(Retrieval, retrieval, "retrieval")  # type: ignore[assignment]
         self.budget: Budget = validated(Budget, budget, "budget")  # type: ignore[assignment]
-        self.gate = Gate(self.cascade.acceptance, equivalent)
+        self.gate = Gate(self.cascade.acceptance, equivalent, valid)
         # Its own generator: drawing shadow steps must not disturb any other randomness.
         self._shadow_draw = random.Random(self.cascade.shadow_seed)
         self.extractor, self.key_fn, self.template = extractor, key, template
@@ -606,8 +610,9 @@ class Distiller:
     def _judge(self, sampled: llm.Sampled, n: int, demo_action: str | None
                ) -> tuple[Decision, list[dict[str, Any]]]:
         """The gate's decision on the samples, and the samples as logged: each with its
-        action, equivalence group, action logprob and match with the nearest demo's action
-        (what calibration needs to recompute every signal for fewer samples)."""
+        action, equivalence group (None when it carries no valid action), action logprob,
+        match with the nearest demo's action (what calibration needs to recompute every
+        signal for fewer samples) and whether the validity hook passed it."""
         raw = [self.extractor(m) for m in sampled.messages]
         actions = [canonical_action(r) for r in raw]
         logprobs = [action_logprob(tokens, m.get("content"), r) for m, tokens, r in
@@ -615,9 +620,10 @@ class Distiller:
         missing = [None] * (n - len(actions))  # failed samples count against agreement
         decision = self.gate.decide(actions + missing, logprobs + missing, demo_action)
         samples = [{"content": m.get("content"), "tool_calls": m.get("tool_calls"),
-                    "action": a, "group": g, "logprob": lp, "demo_match": d}
-                   for m, a, g, lp, d in zip(sampled.messages, actions, decision.groups,
-                                             logprobs, decision.demo_matches, strict=False)]
+                    "action": a, "group": g, "logprob": lp, "demo_match": d, "valid": v}
+                   for m, a, g, lp, d, v in zip(sampled.messages, actions, decision.groups,
+                                                logprobs, decision.demo_matches,
+                                                decision.valid, strict=False)]
         return decision, samples
 
     def _shadow_label(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]

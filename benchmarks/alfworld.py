@@ -48,8 +48,11 @@ def step_diagnostics(log: TrajectoryLog, run_id: str) -> dict[str, float | int]:
             repeats += previous == now
             previous = now
             deferred += step.verdict == "deferred"
-            # The reference agent lists the admissible commands last in each observation.
-            listed = (step.observation or "").rpartition("Admissible commands: ")[2]
+            # The reference agent lists the admissible commands last in the latest user turn
+            # (the step's retrieval key leaves them out: read them from what the step saw).
+            latest = [m.get("content") for m in step.new_messages or ()
+                      if m.get("role") == "user" and isinstance(m.get("content"), str)]
+            listed = (latest[-1] if latest else "").rpartition("Admissible commands: ")[2]
             if step.actor == "teacher" or not listed:
                 continue
             student_steps += 1

@@ -7,13 +7,15 @@ from agentkd.cascades.actions import (
     extract_action,
     normalize_action,
 )
-from agentkd.cascades.gate import Decision, Gate
+from agentkd.cascades.gate import Decision, Equivalence, Gate, Validity
 
 __all__ = [
     "ActionExtractor",
     "canonical_action",
     "Decision",
+    "Equivalence",
     "Gate",
+    "Validity",
     "default_extractor",
     "extract_action",
     "normalize_action",

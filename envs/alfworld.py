@@ -55,6 +55,15 @@ def same_admissible_command(a: str, b: str) -> bool:
     return target is not None and target == closest_admissible(b, admissible)
 
 
+def admissible_command(action: str) -> bool:
+    """Cascade validity: an action is valid when it maps to one of the game's admissible
+    commands now (as the reference agent maps it); with no list known, every action is."""
+    from agentkd.envs.react import closest_admissible
+
+    admissible = current_admissible.get()
+    return admissible is None or closest_admissible(action, admissible) is not None
+
+
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The ALFWorld data folder: `explicit` (--data), else $ALFWORLD_DATA (alfworld's own
     convention), else the bundled ../shared/data/alfworld."""

@@ -98,7 +98,8 @@ class EpisodeOutcome:
 def _distiller(config: BenchConfig, run_id: str) -> Any:
     from agentkd.distiller import Distiller
     from agentkd.envs import expert
-    from agentkd.envs.alfworld import same_admissible_command
+    from agentkd.envs.alfworld import admissible_command, same_admissible_command
+    from agentkd.envs.react import react_key
 
     expert.register()
     for model, (input_per_mtok, output_per_mtok) in config.prices.items():
@@ -109,7 +110,7 @@ def _distiller(config: BenchConfig, run_id: str) -> Any:
         budget=Budget(**config.budget),
         demos=None if _demos_written_by_parent(config) else config.demos, log=config.log,
         run=run_id, grow_demos=config.grow_demos,
-        equivalent=same_admissible_command,
+        equivalent=same_admissible_command, valid=admissible_command, key=react_key,
     )
 
 

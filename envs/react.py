@@ -12,6 +12,7 @@ sent as is (ALFWorld answers "Nothing happens.") and counted as invalid.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ import litellm
 
 from agentkd.cascades.actions import default_extractor, normalize_action
 from agentkd.envs.base import Env
+from agentkd.retrieval.keys import StepKey, default_key
 
 # The command shapes are ALFWorld 0.4.2's (its expert says "move X to Y", not "put X in Y"):
 # a prompt that names another verb sends the student off the admissible list.
@@ -34,22 +36,57 @@ SYSTEM_PROMPT = (
 MATCH_CUTOFF = 0.6  # below this similarity an action is not a typo of any admissible command
 
 
+# Small models chain commands ("go to desk 1, take mug 1 from desk 1"); the game takes one.
+# No ALFWorld command holds a separator, so a chain splits into its commands safely.
+_CLAUSES = re.compile(r"\s*(?:[,;]|\bthen\b|\band\b)\s*")
+
+
 def closest_admissible(action: str, admissible: list[str] | None) -> str | None:
-    """The admissible command `action` most plausibly meant, or None."""
+    """The admissible command `action` most plausibly meant, or None.
+
+    A chain of commands means the first of them that matches a command (the game runs one
+    command a turn).
+    """
     if not admissible:
         return None
-    normal = normalize_action(action)
     by_normal = {normalize_action(a): a for a in admissible}
+    for clause in _CLAUSES.split(action):
+        match = _closest(normalize_action(clause), by_normal) if clause.strip() else None
+        if match is not None:
+            return match
+    return None
+
+
+def _closest(normal: str, by_normal: dict[str, str]) -> str | None:
     if normal in by_normal:
         return by_normal[normal]
     match = difflib.get_close_matches(normal, list(by_normal), n=1, cutoff=MATCH_CUTOFF)
     return by_normal[match[0]] if match else None
 
 
+_OBSERVATION = "Observation: "
+_ADMISSIBLE = "\nAdmissible commands: "
+_TASK = "Your task is to:"
+
+
 def format_observation(observation: str, admissible: list[str] | None) -> str:
     if not admissible:
-        return f"Observation: {observation}"
-    return f"Observation: {observation}\nAdmissible commands: {', '.join(admissible)}"
+        return f"{_OBSERVATION}{observation}"
+    return f"{_OBSERVATION}{observation}{_ADMISSIBLE}{', '.join(admissible)}"
+
+
+def react_key(messages: list[dict[str, Any]]) -> StepKey:
+    """The retrieval key of a step of this agent: the task sentence and the latest
+    observation without its list of admissible commands.
+
+    The list names every object and place in the room, so left in the key it would match
+    rooms rather than situations, and left in a stored demo it would cost hundreds of prompt
+    tokens per demo step while telling the student nothing about the expert's choice.
+    """
+    key = default_key(messages)
+    goal = key.goal.split(_TASK)[-1].split(_ADMISSIBLE)[0].strip()
+    observation = key.observation.split(_ADMISSIBLE)[0].removeprefix(_OBSERVATION).strip()
+    return StepKey(goal=goal, observation=observation)
 
 
 @dataclass

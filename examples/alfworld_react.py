@@ -17,8 +17,13 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import agentkd
-from agentkd.envs import expert, react_agent
-from agentkd.envs.alfworld import AlfWorldEnv, list_games, same_admissible_command
+from agentkd.envs import expert, react_agent, react_key
+from agentkd.envs.alfworld import (
+    AlfWorldEnv,
+    admissible_command,
+    list_games,
+    same_admissible_command,
+)
 
 
 def main(argv: list[str] | None = None) -> list[agentkd.RunSummary]:
@@ -38,7 +43,8 @@ def main(argv: list[str] | None = None) -> list[agentkd.RunSummary]:
     kd = agentkd.Distiller(teacher=args.teacher, student=args.student, mode=args.mode,
                            log=args.log, demos=args.demos if args.mode not in ("teacher",
                                                                                 "student")
-                           else None, equivalent=same_admissible_command)
+                           else None, equivalent=same_admissible_command,
+                           valid=admissible_command, key=react_key)
 
     # The agent is unchanged; the decorator makes each call one logged episode.
     @kd.episode(task_id=lambda env: env.task_id, task_type=lambda env: env.task_type,

@@ -162,6 +162,47 @@ def test_closest_admissible_maps_typos_and_rejects_nonsense():
     assert closest_admissible("launch the rocket", admissible) is None
 
 
+@pytest.mark.parametrize(("reply", "command"), [
+    ("go to desk 1, take mug 1 from desk 1", "go to desk 1"),   # a chain: its first command
+    ("go to dsk 1 and then look", "go to desk 1"),
+    ("open drawer 1; take mug 1 from desk 1", "take mug 1 from desk 1"),  # first that matches
+    ("launch the rocket, then fly to the moon", None),             # no clause is a command
+    ("thought: the mug is on the desk", None),
+])
+def test_closest_admissible_takes_the_first_command_of_a_chain(reply, command):
+    admissible = ["go to desk 1", "take mug 1 from desk 1", "look"]
+    assert closest_admissible(reply, admissible) == command
+
+
+def test_react_key_leaves_the_admissible_commands_out():
+    from agentkd.envs import react_key
+    from agentkd.envs.react import _prompt
+
+    intro = "You are in the middle of a room.\n\nYour task is to: put a mug in the desk."
+    first = react_key(_prompt(intro, [], intro, ["go to desk 1", "look"], history=12))
+    assert (first.goal, first.observation) == ("put a mug in the desk.", intro)
+    later = react_key(_prompt(intro, [("Action: go to desk 1", "You arrive at desk 1.")],
+                              "You arrive at desk 1.", ["take mug 1 from desk 1"], history=12))
+    assert (later.goal, later.observation, later.plan) == (
+        "put a mug in the desk.", "You arrive at desk 1.", "")
+
+
+def test_admissible_command_is_the_cascades_validity_in_the_game_running():
+    from agentkd.envs.alfworld import admissible_command, current_admissible
+
+    token = current_admissible.set(["go to desk 1", "look"])
+    try:
+        assert admissible_command("go to desk 1, take mug 1 from desk 1")
+        assert not admissible_command("take mug 1 from desk 1")
+    finally:
+        current_admissible.reset(token)
+    token = current_admissible.set(None)  # no list known: nothing can be ruled out
+    try:
+        assert admissible_command("take mug 1 from desk 1")
+    finally:
+        current_admissible.reset(token)
+
+
 def test_expert_outside_an_episode_is_a_clear_error(log_url):
     from agentkd.envs.alfworld import current_game
 

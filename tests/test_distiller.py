@@ -316,6 +316,25 @@ def test_distill_without_a_store_starts_cold_logs_and_defers(scripted, log_url):
     assert [c.role for c in kd.log.calls(episode.id)] == ["student", "teacher", "student"]
 
 
+def test_a_student_unanimous_on_an_invalid_action_is_deferred(scripted, log_url):
+    # Both steps unanimous; the second step's action is not one the world can take now.
+    scripted.scripts[STUDENT] = lambda messages, n: (
+        ["Action: go to desk 1"] * n if messages[-1]["content"] == "You see a desk 1."
+        else ["Action: fly to the moon"] * n)
+    scripted.scripts[TEACHER] = lambda messages, n: ["Action: take mug 1 from desk 1"] * n
+    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                           cascade={"sampling": "n"},
+                           valid=lambda action: not action.startswith("fly"))
+    _two_step_task(kd, "invalid", success=True)
+    (episode,) = kd.log.episodes(kd.run_id)
+    steps = kd.log.steps(episode.id)
+    assert [(s.verdict, s.agreement, s.final_action) for s in steps] == [
+        ("student", 1.0, "go to desk 1"), ("deferred", 0.0, "take mug 1 from desk 1")]
+    assert [(x["action"], x["group"], x["valid"]) for x in steps[1].samples] == [
+        ("fly to the moon", None, False)] * 3
+    assert [x["valid"] for x in steps[0].samples] == [True] * 3
+
+
 def test_grow_demos_adds_the_teacher_steps_of_successful_episodes_once(scripted, log_url,
                                                                       tmp_path):
     from agentkd.retrieval import DemoStore

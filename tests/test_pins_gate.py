@@ -176,6 +176,34 @@ def test_equivalent_also_matches_the_demo_action():
     assert Gate(1.0).same("a", "a") and not Gate(1.0).same("the x", "x")
 
 
+def on_the_list(action: str) -> bool:
+    return action in {"go to desk 1", "look"}
+
+
+@pytest.mark.parametrize(("actions", "accept", "agreement", "majority", "groups", "valid"), [
+    # Unanimous on an action the environment would refuse: deferred, not accepted.
+    (["fly 1"] * 3, False, 0.0, None, [None] * 3, [False] * 3),
+    (["go to desk 1", "fly 1", "go to desk 1"], False, 2 / 3, "go to desk 1", [0, None, 0],
+     [True, False, True]),
+    (["go to desk 1"] * 3, True, 1.0, "go to desk 1", [0, 0, 0], [True] * 3),
+    # An invalid majority does not outvote the one valid sample.
+    (["fly 1", "fly 1", "look"], False, 1 / 3, "look", [None, None, 0], [False, False, True]),
+    ([None, "look", "look"], False, 2 / 3, "look", [None, 0, 0], [None, True, True]),
+])
+def test_invalid_samples_are_dropped_before_the_vote(actions, accept, agreement, majority,
+                                                     groups, valid):
+    d = Gate(1.0, valid=on_the_list).decide(actions, demo_action="fly 1")
+    assert (d.accept, d.agreement, d.majority_action, d.groups, d.valid) == (
+        accept, pytest.approx(agreement), majority, groups, valid)
+    # An invalid action never matches the demo's either: it takes no part in any signal.
+    assert d.demo_matches == [None if v is not True else False for v in valid]
+
+
+def test_without_a_validity_hook_every_action_votes():
+    d = Gate(1.0).decide(["fly 1"] * 3)
+    assert (d.accept, d.majority_action, d.valid) == (True, "fly 1", [True] * 3)
+
+
 @pytest.mark.parametrize("threshold", [0.0, -0.5, 1.0001, 2.0])
 def test_a_threshold_outside_zero_to_one_is_refused(threshold):
     with pytest.raises(ValueError, match=f"agreement threshold must be in \\(0, 1\\], got "

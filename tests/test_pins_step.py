@@ -256,11 +256,11 @@ def test_each_logged_sample_keeps_its_text_action_and_group(scripted, log_url):
     (step,) = kd.log.steps(episode)
     assert step.samples == [
         {"content": SPLIT[0], "tool_calls": None, "action": "look", "group": 0,
-         "logprob": None, "demo_match": None},
+         "logprob": None, "demo_match": None, "valid": True},
         {"content": SPLIT[1], "tool_calls": None, "action": "go to desk 1", "group": 1,
-         "logprob": None, "demo_match": None},
+         "logprob": None, "demo_match": None, "valid": True},
         {"content": SPLIT[2], "tool_calls": None, "action": "go to desk 1", "group": 1,
-         "logprob": None, "demo_match": None}]
+         "logprob": None, "demo_match": None, "valid": True}]
 
 
 def test_the_shadow_label_uses_the_distillers_own_extractor(scripted, log_url):
