@@ -15,8 +15,12 @@ those tasks is within or above the baseline's 95% interval; otherwise they are N
 `saving_withheld` says why ("below teacher success", no baseline on these tasks, no saving
 per episode).
 
-Break-even episodes = demo-collection cost (the total spend of the teacher's collect runs) /
-(teacher cost per episode − this run's cost per episode), both on the shared tasks.
+Break-even episodes = demo-collection cost / (teacher cost per episode − this run's cost per
+episode), both on the shared tasks. The collection cost is that of the store the run read
+(`_collection_cost`): the spend of the teacher's collect runs that wrote it; nothing for a run
+that read no store or grew its own from empty (a cold start pays nothing up front, so its
+break-even is 0); every collect run of the teacher where the log cannot tell (a run logged
+without its store, or a store built from another log).
 Accepted-step accuracy is the share of the student's accepted steps whose action the teacher
 confirmed, over the steps shadow mode labelled (`Cascade.shadow`); None without labels.
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -342,6 +347,32 @@ def total_cache(parts: Sequence[CacheFigures]) -> CacheFigures:
         cost_mismatches=sum(p.cost_mismatches for p in parts))
 
 
+@dataclass(frozen=True)
+class _Collect:
+    """A collect run: its teacher, the store it wrote (None where not logged), its spend."""
+
+    teacher: str
+    demos: str | None
+    cost: float
+
+
+def _collection_cost(config: dict[str, Any], teacher: str, collects: list[_Collect]) -> float:
+    """What the demos a run read cost to collect: the spend of `teacher`'s collect runs that
+    wrote its store. Nothing for a run that read no store, or that grew its own from empty;
+    every collect run of the teacher where the log cannot tell which store it read (a run
+    logged without its config) or who wrote it (a store built from another log)."""
+    own = [c for c in collects if c.teacher == teacher]
+    if "demos" not in config:
+        return sum(c.cost for c in own)
+    store = config["demos"]
+    if store is None:
+        return 0.0
+    writers = [c for c in own if c.demos == store]
+    if writers or config.get("grow_demos"):
+        return sum(c.cost for c in writers)
+    return sum(c.cost for c in own)
+
+
 def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> list[RunSummary]:
     finished = Episode.status.in_(FINISHED)
     query = (
@@ -373,10 +404,11 @@ def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> l
     comparisons = _comparisons(log)
     caches = cache_figures(log)
 
-    collect_cost: dict[str, float] = {}
-    for _run, mode, teacher, *_, total in rows:
-        if mode == "collect":
-            collect_cost[teacher] = collect_cost.get(teacher, 0.0) + float(total)
+    with log.session() as s:
+        configs: dict[str, dict[str, Any]] = dict(
+            s.execute(select(Run.id, Run.config)).tuples().all())
+    collects = [_Collect(teacher, (configs.get(run) or {}).get("demos"), float(total))
+                for run, mode, teacher, *_, total in rows if mode == "collect"]
 
     summaries = []
     for run_id, mode, teacher, student, label, n, wins, steps, t_steps, cost, total in rows:
@@ -398,7 +430,8 @@ def run_summaries(log: TrajectoryLog, run_ids: Sequence[str] | None = None) -> l
             labelled_accepted=n_labelled,
             accepted_accuracy=n_right / n_labelled if n_labelled else None,
             cache=total_cache(caches.get(run_id, [])), cache_by_model=caches.get(run_id, []),
-            **_versus_teacher(mode, comparison, collect_cost.get(teacher, 0.0)),
+            **_versus_teacher(mode, comparison,
+                              _collection_cost(configs.get(run_id) or {}, teacher, collects)),
         ))
     return summaries
 

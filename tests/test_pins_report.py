@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich import box
@@ -38,8 +39,9 @@ class Log:
     def __init__(self, tmp_path: Path) -> None:
         self.log = TrajectoryLog(f"sqlite:///{tmp_path / 'log.db'}")
 
-    def run(self, run: str, mode: str, teacher: str = T, label: str | None = None) -> None:
-        self.log.ensure_run(run, mode=mode, teacher=teacher, label=label,
+    def run(self, run: str, mode: str, teacher: str = T, label: str | None = None,
+            config: dict[str, Any] | None = None) -> None:
+        self.log.ensure_run(run, mode=mode, teacher=teacher, label=label, config=config,
                             student=None if mode in ("teacher", "collect") else S)
 
     def episode(self, run: str, task: str, won: bool | None, cost: float,
@@ -178,6 +180,28 @@ def test_break_even_pays_off_only_the_same_teachers_collection(tmp_path):
     log.run("distill", "distill")
     log.episode("distill", "g1", True, 0.5)
     assert log.summaries()["distill"].break_even_episodes == (3.0 + 1.0) / (1.0 - 0.5)
+
+
+@pytest.mark.parametrize(("config", "collection"), [
+    ({"demos": "store-a", "grow_demos": None}, 3.0),        # read the store collect-a wrote
+    ({"demos": "store-a", "grow_demos": ["teacher"]}, 3.0),  # grew a collected store further
+    ({"demos": "grown", "grow_demos": ["teacher"]}, 0.0),   # a cold start: grew its own
+    ({"demos": None, "grow_demos": None}, 0.0),             # read no store at all
+    ({"demos": "built-elsewhere", "grow_demos": None}, 3.0 + 5.0),  # who wrote it? all of them
+    ({}, 3.0 + 5.0),                                         # logged without its config
+])
+def test_break_even_pays_off_the_collection_of_the_store_the_run_read(tmp_path, config,
+                                                                       collection):
+    log = Log(tmp_path)
+    log.run("collect-a", "collect", config={"demos": "store-a"})
+    log.episode("collect-a", "train-1", True, 3.0)
+    log.run("collect-b", "collect", config={"demos": "store-b"})
+    log.episode("collect-b", "train-2", True, 5.0)
+    log.run("teacher", "teacher")
+    log.episode("teacher", "g1", True, 1.0)
+    log.run("distill", "distill", config=config)
+    log.episode("distill", "g1", True, 0.5)
+    assert log.summaries()["distill"].break_even_episodes == collection / (1.0 - 0.5)
 
 
 @pytest.mark.parametrize(("run_games", "withheld", "relative"), [
