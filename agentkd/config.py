@@ -91,6 +91,10 @@ class Cascade(_Frozen):
     defer_loops: bool = False
     """Also defer when the accepted action was already taken on the same observation in this
     episode: small students agree with themselves while going round in circles."""
+    defer_repeats: int | None = Field(None, ge=1)
+    """Also defer when the accepted action was already taken this many times in the episode,
+    by anyone, on any observation: a student fixed on one place walks back to it after every
+    teacher step, undoing the teacher's progress on observations that are new each time."""
     cache_prefix: bool = True
     """Let the student's samples share a prompt cache where the provider needs asking
     (Anthropic-family models): mark the system message with its demos, and the whole prompt,

@@ -120,6 +120,7 @@ class _Step:
     decision: Decision | None = None
     agreement: float | None = None
     repeat: bool = False
+    taken: int = 0
     verdict: str = "teacher_only"
     response: litellm.ModelResponse | None = None
     shadow: bool | None = None
@@ -513,13 +514,17 @@ class Distiller:
         the step is deferred to the teacher."""
         decision = step.decision
         assert decision is not None
-        # The student's agreed action was already taken on this observation: a loop.
+        # The student's agreed action was already taken on this observation: a loop; or
+        # already taken `defer_repeats` times in the episode: circling back to one place.
         step.repeat = (step.key.observation, decision.majority_action) in scope.acted
+        step.taken = scope.taken[decision.majority_action] if decision.majority_action else 0
         if not sampled.messages:
             step.verdict = "student_error"
         elif self.mode == "distill":
             step.agreement = decision.agreement
-            looping = self.cascade.defer_loops and step.repeat
+            repeats = self.cascade.defer_repeats
+            looping = (self.cascade.defer_loops and step.repeat) or (
+                repeats is not None and step.taken >= repeats)
             step.verdict = "student" if decision.accept and not looping else "deferred"
         else:
             step.verdict = "student_only"
@@ -578,7 +583,7 @@ class Distiller:
             final_text=final.get("content") if isinstance(final.get("content"), str) else None,
             latency_ms=(time.perf_counter() - step.start) * 1000,
             signals=({**decision.signals.as_dict(), "demo_action": _demo_action(step.windows),
-                      "repeat": step.repeat}
+                      "repeat": step.repeat, "taken": step.taken}
                      if decision is not None and decision.signals is not None else None),
             shadow=step.shadow, teacher_action=step.teacher_action,
             student_correct=step.student_correct,
@@ -586,6 +591,7 @@ class Distiller:
         self.log.record_step(scope.episode_id, self.run_id, record, step.calls)
         if record.final_action is not None:
             scope.acted.add((step.key.observation, record.final_action))
+            scope.taken[record.final_action] += 1
         step_cost = sum(c.cost_usd for c in step.calls)
         scope.steps += 1
         scope.cost_usd += step_cost

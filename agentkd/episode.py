@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,8 @@ class EpisodeScope:
     finished: bool = False
     acted: set[tuple[str, str]] = field(default_factory=set)
     """(observation, action) pairs already acted on in this episode: a repeat is a loop."""
+    taken: Counter[str] = field(default_factory=Counter)
+    """How many times each action was taken in this episode, by anyone."""
     _seen_count: int = 0
     _seen_hash: str = field(default="")
     _token: contextvars.Token[EpisodeScope | None] | None = None

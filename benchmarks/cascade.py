@@ -8,7 +8,7 @@ Arms, all on the same stratified valid_seen games, in one log under --workdir:
 - ``store``:   distill with demos collected by the same teacher on --train-games train games.
 
     python benchmarks/cascade.py --teacher alfworld/rescue --student local/qwen2.5-coder-0.5b \
-        --games 24 --max-steps 30 [--arms teacher,cold,store] [--defer-loops]
+        --games 24 --max-steps 30 [--arms teacher,cold,store] [--defer-loops] [--defer-repeats 2]
 
 Resumable: rerun with the same --workdir and every arm continues where it stopped
 (``--report-only`` reports what the log holds without playing). Prints the
@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3)
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--defer-loops", action="store_true")
+    parser.add_argument("--defer-repeats", type=int, default=None,
+                        help="also defer an action already taken this many times")
     parser.add_argument("--window", type=int, default=6, help="running-mean window of the curve")
     parser.add_argument("--out", type=Path, default=RESULTS / "cascade.json")
     parser.add_argument("--report-only", action="store_true",
@@ -69,7 +71,8 @@ def main() -> None:
     log = f"sqlite:///{(args.workdir / 'log.db').resolve()}"
     common = dict(teacher=args.teacher, student=args.student, log=log, resume=True,
                   stratify=True, retrieval={"k": args.k, "window_before": 1, "window_after": 1},
-                  cascade={"samples": args.samples, "defer_loops": args.defer_loops})
+                  cascade={"samples": args.samples, "defer_loops": args.defer_loops,
+                           "defer_repeats": args.defer_repeats})
     plans: dict[str, BenchConfig] = {
         "teacher": BenchConfig(mode="teacher", split="valid_seen", episodes=args.games,
                                max_steps=args.max_steps, run="cascade-teacher", **common),

@@ -126,6 +126,9 @@ def bench_alfworld(
     defer_loops: bool = typer.Option(False, help="Also defer when the student repeats an "
                                                  "action on an observation it already acted "
                                                  "on in this episode (distill)."),
+    defer_repeats: int = typer.Option(None, help="Also defer when the student's action was "
+                                                 "already taken this many times in the "
+                                                 "episode (distill; e.g. 2)."),
     grow_demos: bool = typer.Option(False, help="Add the teacher's steps of each won episode "
                                                 "to --demos as the run goes (distill; the "
                                                 "store is created if missing)."),
@@ -144,6 +147,8 @@ def bench_alfworld(
             cascade_config["shadow"] = shadow
         if defer_loops:
             cascade_config["defer_loops"] = True
+        if defer_repeats is not None:
+            cascade_config["defer_repeats"] = defer_repeats
         validated(Cascade, cascade_config, "cascade")
     except AgentKDError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")

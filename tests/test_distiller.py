@@ -335,6 +335,34 @@ def test_a_student_unanimous_on_an_invalid_action_is_deferred(scripted, log_url)
     assert [x["valid"] for x in steps[0].samples] == [True] * 3
 
 
+@pytest.mark.parametrize(("repeats", "verdicts"), [
+    (None, ["student", "student", "student", "student"]),
+    (2, ["student", "student", "deferred", "deferred"]),  # taken twice: the teacher's now
+    (1, ["student", "deferred", "deferred", "deferred"]),
+])
+def test_defer_repeats_defers_an_action_taken_that_often_on_any_observation(
+        scripted, log_url, repeats, verdicts):
+    # A student fixed on one place: every observation is new, so defer_loops never fires.
+    scripted.scripts[STUDENT] = lambda messages, n: ["Action: go to desk 1"] * n
+    scripted.scripts[TEACHER] = lambda messages, n: ["Action: take mug 1"] * n
+    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                           cascade={"sampling": "n", "defer_loops": True,
+                                    "defer_repeats": repeats})
+    solve = kd.episode(task_id=lambda task, steps: task.id,
+                       success=lambda actions: True)(agent_loop)
+    solve(Task("fixed", "put a mug on the desk"), 4)
+    (episode,) = kd.log.episodes(kd.run_id)
+    steps = kd.log.steps(episode.id)
+    assert [s.verdict for s in steps] == verdicts
+    # What the step saw: how often its agreed action had been taken before it.
+    taken, seen = [], 0
+    for s in steps:
+        taken.append(seen)
+        seen += s.final_action == "go to desk 1"
+    assert [s.signals["taken"] for s in steps] == taken
+    assert not any(s.signals["repeat"] for s in steps)
+
+
 def test_grow_demos_adds_the_teacher_steps_of_successful_episodes_once(scripted, log_url,
                                                                       tmp_path):
     from agentkd.retrieval import DemoStore
