@@ -34,10 +34,6 @@ SYSTEM_PROMPT = (
     "cool <obj> with <fridge>, use <lamp>, examine <x>, look, inventory."
 )
 MATCH_CUTOFF = 0.6  # below this similarity an action is not a typo of any admissible command
-# Every ALFWorld entity is "<class> <number>"; models also write "mug1".
-_ENTITY = re.compile(r"\b([a-z]+) ?(\d+)\b")
-# The goal says "put X in Y"; ALFWorld 0.4.2's command is "move X to Y".
-_SYNONYMS = {"put": "move", "place": "move"}
 
 
 # Small models chain commands ("go to desk 1, take mug 1 from desk 1"); the game takes one.
@@ -46,13 +42,10 @@ _CLAUSES = re.compile(r"\s*(?:[,;]|\bthen\b|\band\b)\s*")
 
 
 def closest_admissible(action: str, admissible: list[str] | None) -> str | None:
-    """The admissible command `action` means, or None.
+    """The admissible command `action` most plausibly meant, or None.
 
-    Formatting is forgiven ("Take mug1 from the desk 1." is "take mug 1 from desk 1"), the
-    command is not: a match has the same verb ("put" for "move") and names the same things,
-    so "go to drawer 4" where the agent already stands (not admissible there) is no command
-    rather than the nearest-spelt "go to drawer 1". A chain of commands means the first of
-    them that matches (the game runs one command a turn).
+    A chain of commands means the first of them that matches a command (the game runs one
+    command a turn).
     """
     if not admissible:
         return None
@@ -64,22 +57,10 @@ def closest_admissible(action: str, admissible: list[str] | None) -> str | None:
     return None
 
 
-def _shape(normal: str) -> tuple[str, list[str]]:
-    """A command's verb (synonyms folded) and the entities it names, in order; a command
-    that names none ("look", "inventory") has only its emptiness, so its verb may be typoed."""
-    entities = [f"{c} {n}" for c, n in _ENTITY.findall(normal)]
-    if not entities:
-        return "", []
-    verb = normal.split(" ", 1)[0]
-    return _SYNONYMS.get(verb, verb), entities
-
-
 def _closest(normal: str, by_normal: dict[str, str]) -> str | None:
     if normal in by_normal:
         return by_normal[normal]
-    shape = _shape(normal)
-    same = [command for command in by_normal if _shape(command) == shape]
-    match = difflib.get_close_matches(normal, same, n=1, cutoff=MATCH_CUTOFF)
+    match = difflib.get_close_matches(normal, list(by_normal), n=1, cutoff=MATCH_CUTOFF)
     return by_normal[match[0]] if match else None
 
 
