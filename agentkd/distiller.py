@@ -219,6 +219,10 @@ class Distiller:
         self.cascade: Cascade = validated(Cascade, cascade, "cascade")  # type: ignore[assignment]
         self.retrieval: Retrieval = validated(Retrieval, retrieval, "retrieval")  # type: ignore[assignment]
         self.budget: Budget = validated(Budget, budget, "budget")  # type: ignore[assignment]
+        for name, hook in (("equivalent", equivalent), ("valid", valid)):
+            if hook is not None and not callable(hook):
+                raise InputError(f"{name} must be a function of actions (or None), got "
+                                 f"{type(hook).__name__}")
         self.gate = Gate(self.cascade.acceptance, equivalent, valid)
         # Its own generator: drawing shadow steps must not disturb any other randomness.
         self._shadow_draw = random.Random(self.cascade.shadow_seed)

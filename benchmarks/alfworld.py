@@ -27,7 +27,7 @@ from rich.console import Console
 
 from agentkd.cascades.actions import normalize_action
 from agentkd.envs.bench import BenchConfig, run_bench
-from agentkd.envs.react import closest_admissible
+from agentkd.envs.react import closest_admissible, listed_admissible
 from agentkd.log import TrajectoryLog
 from agentkd.report import run_summaries, summary_table
 
@@ -52,11 +52,10 @@ def step_diagnostics(log: TrajectoryLog, run_id: str) -> dict[str, float | int]:
             # (the step's retrieval key leaves them out: read them from what the step saw).
             latest = [m.get("content") for m in step.new_messages or ()
                       if m.get("role") == "user" and isinstance(m.get("content"), str)]
-            listed = (latest[-1] if latest else "").rpartition("Admissible commands: ")[2]
-            if step.actor == "teacher" or not listed:
+            admissible = listed_admissible(latest[-1] if latest else "")
+            if step.actor == "teacher" or not admissible:
                 continue
             student_steps += 1
-            admissible = listed.split(", ")
             action = step.final_action or ""
             mapped += (normalize_action(action) not in map(normalize_action, admissible)
                        and closest_admissible(action, admissible) is not None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -14,6 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from agentkd.config import MODES, Cascade, load_cascade, validated
 from agentkd.envs.bench import BenchConfig, EpisodeOutcome, plan_games, run_bench, validate
 from agentkd.errors import AgentKDError, InputError
+
+if TYPE_CHECKING:
+    from agentkd.report import RunSummary
 
 bench_app = typer.Typer(help="Run benchmarks on real environments.", no_args_is_help=True)
 console = Console()
@@ -75,7 +79,7 @@ def parse_price(spec: str) -> tuple[str, tuple[float, float]]:
     return model, (input_per_mtok, output_per_mtok)
 
 
-def _print_report(log: str, run_ids: list[str], as_json: bool = False) -> None:
+def _print_report(log: str, run_ids: list[str], as_json: bool = False) -> list[RunSummary]:
     from agentkd.log import TrajectoryLog
     from agentkd.report import run_summaries, summary_table
 
@@ -84,6 +88,7 @@ def _print_report(log: str, run_ids: list[str], as_json: bool = False) -> None:
         typer.echo(json.dumps([s.model_dump() for s in summaries], indent=2))
     else:
         console.print(summary_table(summaries, width=console.width))
+    return summaries
 
 
 @bench_app.command("alfworld")
@@ -225,18 +230,14 @@ def demo(
     except AgentKDError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
-    _print_report(log, runs)
-    console.print(conclusion(log, runs[-1]))
+    summaries = _print_report(log, runs)
+    console.print(conclusion(next(s for s in summaries if s.run_id == runs[-1])))
     console.print(f"log: {log}\ndemos: {demos}\nagain: agentkd report --log {log}")
 
 
-def conclusion(log: str, run_id: str) -> str:
+def conclusion(run: RunSummary) -> str:
     """One line on what the run shows against the teacher alone, by the report's own rule:
     a saving only where its success is within the teacher's interval."""
-    from agentkd.log import TrajectoryLog
-    from agentkd.report import run_summaries
-
-    (run,) = run_summaries(TrajectoryLog(log), run_ids=[run_id])
     won = f"{run.mode} won {run.wins}/{run.episodes}"
     if run.baseline_episodes == 0:
         return f"{won}; no teacher-only run on the same games to compare with"

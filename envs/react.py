@@ -75,6 +75,12 @@ def format_observation(observation: str, admissible: list[str] | None) -> str:
     return f"{_OBSERVATION}{observation}{_ADMISSIBLE}{', '.join(admissible)}"
 
 
+def listed_admissible(user_turn: str) -> list[str]:
+    """The admissible commands `format_observation` listed in a user turn ([] if none)."""
+    _, found, listed = user_turn.rpartition(_ADMISSIBLE)
+    return listed.split(", ") if found and listed else []
+
+
 def react_key(messages: list[dict[str, Any]]) -> StepKey:
     """The retrieval key of a step of this agent: the task sentence and the latest
     observation without its list of admissible commands.

@@ -187,6 +187,15 @@ def test_react_key_leaves_the_admissible_commands_out():
         "put a mug in the desk.", "You arrive at desk 1.", "")
 
 
+def test_listed_admissible_reads_back_what_format_observation_listed():
+    from agentkd.envs.react import format_observation, listed_admissible
+
+    commands = ["go to desk 1", "take mug 1 from desk 1", "look"]
+    assert listed_admissible(format_observation("You see a desk 1.", commands)) == commands
+    assert listed_admissible(format_observation("You see a desk 1.", None)) == []
+    assert listed_admissible("Admissible commands: look") == []  # not the agent's layout
+
+
 def test_admissible_command_is_the_cascades_validity_in_the_game_running():
     from agentkd.envs.alfworld import admissible_command, current_admissible
 

@@ -335,6 +335,14 @@ def test_a_student_unanimous_on_an_invalid_action_is_deferred(scripted, log_url)
     assert [x["valid"] for x in steps[0].samples] == [True] * 3
 
 
+@pytest.mark.parametrize("hook", ["equivalent", "valid"])
+def test_a_gate_hook_that_is_not_a_function_is_refused_up_front(log_url, hook):
+    with pytest.raises(agentkd.InputError, match=f"{hook} must be a function of actions "
+                                                 f"\\(or None\\), got list"):
+        agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                          **{hook: ["go to desk 1"]})
+
+
 @pytest.mark.parametrize(("repeats", "verdicts"), [
     (None, ["student", "student", "student", "student"]),
     (2, ["student", "student", "deferred", "deferred"]),  # taken twice: the teacher's now
