@@ -416,20 +416,19 @@ def test_real_local_student_through_the_full_pipeline(log_url, tmp_path):
 
 @pytest.fixture
 def llama_cpp_server():
-    """`python -m llama_cpp.server` serving SmolLM2 on a free port: an OpenAI-compatible API."""
+    """`python -m agentkd.llama_server` (llama_cpp.server loaded the way this CPU survives)
+    serving SmolLM2 on a free port: an OpenAI-compatible API."""
     import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
-    from agentkd.local_models import model_path
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path("smollm2-135m")),
+        [sys.executable, "-m", "agentkd.llama_server", "--model", "local/smollm2-135m",
          "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
          "--n_threads", "1", "--n_ctx", "4096"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -442,7 +441,7 @@ def llama_cpp_server():
             except OSError:
                 time.sleep(0.5)
         else:
-            pytest.fail("llama_cpp.server did not come up within 60 s")
+            pytest.fail("agentkd.llama_server did not come up within 60 s")
         yield base
     finally:
         server.terminate()
@@ -465,8 +464,9 @@ def test_openai_compatible_server_as_student(llama_cpp_server, log_url, tmp_path
     log = agentkd.TrajectoryLog(log_url)
     (episode,) = log.episodes(run_id)
     student_calls = [c for c in log.calls(episode.id) if c.role == "student"]
-    assert student_calls and all(c.error is None and c.model == "openai/smollm2"
-                                 for c in student_calls)
+    assert student_calls
+    assert [(c.model, c.error) for c in student_calls] == [("openai/smollm2", None)] * len(
+        student_calls)
     assert all(c.prompt_tokens > 0 and c.cost_usd > 0 for c in student_calls)
     assert all(len(s.samples) == 3 for s in log.steps(episode.id))
 
