@@ -67,6 +67,7 @@ class LoopConfig(BaseModel):
     bootstrap: int = Field(1000, ge=100)
     train_usd_per_cpu_hour: float = Field(DEFAULT_USD_PER_CPU_HOUR, ge=0.0)
     data: str | None = Field(None, description="ALFWorld data folder (default: found)")
+    workers: int = Field(1, ge=1, description="games played at once (each its own process)")
 
     @property
     def log(self) -> str:
@@ -113,7 +114,8 @@ def _play(ctx: LoopContext, title: str, **bench: Any) -> str:
     if student is not None and student not in litellm.model_cost:
         bench["prices"] = {student: base_price(c.base)}  # the tuned student costs its base's
     config = BenchConfig(teacher=c.teacher, stratify=True, log=c.log, resume=True,
-                         data=c.data, retrieval={"k": c.k, "window_before": 1, "window_after": 1},
+                         data=c.data, workers=c.workers,
+                         retrieval={"k": c.k, "window_before": 1, "window_after": 1},
                          **bench)
     try:
         return run_with_progress(config, title,

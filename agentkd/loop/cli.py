@@ -56,6 +56,8 @@ def loop_alfworld(
         "(about an on-demand cloud vCPU-hour)."),
     data: str = typer.Option(None, help="ALFWorld data folder (default: ALFWORLD_DATA or "
                              "the shared data)."),
+    workers: int = typer.Option(1, help="Games played at once, each in its own process "
+                                "(a local student gets its share of the cores)."),
 ) -> None:
     """Collect → export → train → calibrate → distill → report on ALFWorld, resumable.
 
