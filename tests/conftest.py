@@ -47,6 +47,59 @@ def importable(module: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def serve_llama(model: str, alias: str, *, n_ctx: int = 4096,
+                 env: dict[str, str] | None = None) -> Iterator[str]:
+    """`python -m agentkd.llama_server` serving `model` as `alias` on a free loopback port, one
+    llama.cpp thread; yields its OpenAI-compatible base URL once ``/models`` answers."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "agentkd.llama_server", "--model", model, "--model_alias", alias,
+         "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", str(n_ctx)],
+        env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/models", timeout=1)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail(f"agentkd.llama_server exited with {server.returncode}")
+                time.sleep(0.5)
+        else:
+            pytest.fail("agentkd.llama_server did not come up within 60 s")
+        yield base
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture
+def probe_cache(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp load verdicts (agentkd.llama_probe) in this test's own cache, none forced."""
+    from agentkd.llama_probe import ENV_VAR
+
+    monkeypatch.setenv("AGENTKD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+@pytest.fixture
+def model_file(tmp_path: Any) -> Any:
+    """A file named like a GGUF model that llama.cpp cannot load."""
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(b"GGUF" + b"\0" * 60)
+    return path
+
+
 class ScriptedLLM(CustomLLM):
     """A litellm custom provider (`scripted/<name>`) whose answers come from a test's script.
 

@@ -6,6 +6,7 @@ import os
 import re
 
 import pytest
+from conftest import serve_llama
 
 import agentkd
 from agentkd.envs import closest_admissible, expert, react_agent
@@ -416,36 +417,9 @@ def test_real_local_student_through_the_full_pipeline(log_url, tmp_path):
 
 @pytest.fixture
 def llama_cpp_server():
-    """`python -m agentkd.llama_server` (llama_cpp.server loaded the way this CPU survives)
-    serving SmolLM2 on a free port: an OpenAI-compatible API."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "agentkd.llama_server", "--model", "local/smollm2-135m",
-         "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-         "--n_threads", "1", "--n_ctx", "4096"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{base}/models", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("agentkd.llama_server did not come up within 60 s")
+    """SmolLM2 behind `python -m agentkd.llama_server`: an OpenAI-compatible API."""
+    with serve_llama("local/smollm2-135m", "smollm2") as base:
         yield base
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.mark.slow

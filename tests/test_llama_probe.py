@@ -19,17 +19,7 @@ from agentkd.errors import ConfigError, LocalModelError
 NO_LLAMA = "needs llama-cpp-python: pip install 'agentkd[local]'"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AGENTKD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(probe.ENV_VAR, raising=False)
-
-
-@pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.gguf"
-    path.write_bytes(b"GGUF" + b"\0" * 60)
-    return path
+pytestmark = pytest.mark.usefixtures("probe_cache")
 
 
 class Script:

@@ -5,16 +5,12 @@ load configuration (agentkd.llama_probe). Fast tests stand in for the server's `
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import importable, require
+from conftest import importable, require, serve_llama
 
 from agentkd import llama_probe as probe
 from agentkd import llama_server
@@ -24,17 +20,7 @@ from agentkd.local_models import model_path
 NO_LLAMA = "needs llama-cpp-python: pip install 'agentkd[local]'"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AGENTKD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(probe.ENV_VAR, raising=False)
-
-
-@pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.gguf"
-    path.write_bytes(b"GGUF" + b"\0" * 60)
-    return path
+pytestmark = pytest.mark.usefixtures("probe_cache")
 
 
 def test_a_known_local_model_is_resolved_to_its_file(model_file):
@@ -92,28 +78,12 @@ def test_the_server_loads_its_model_with_the_rehearsed_setting(model_file, monke
 
 
 @pytest.mark.slow
-def test_the_real_server_answers_with_the_extra_buffer_types_off(monkeypatch):
+def test_the_real_server_answers_with_the_extra_buffer_types_off():
     """What an AMX machine that crashes gets (forced here with the environment): the server
     loads without ggml's extra buffer types and completes a chat."""
     require(importable("llama_cpp.server"), NO_LLAMA)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, probe.ENV_VAR: "off"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "agentkd.llama_server", "--model", "local/smollm2-135m",
-         "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-         "--n_threads", "1", "--n_ctx", "512"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{base}/models", timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, f"the server exited with {server.returncode}"
-                time.sleep(0.5)
+    with serve_llama("local/smollm2-135m", "smollm2", n_ctx=512,
+                      env={probe.ENV_VAR: "off"}) as base:
         body = json.dumps({"model": "smollm2", "max_tokens": 8, "messages": [
             {"role": "user", "content": "Say hello. " * 10}]}).encode()
         request = urllib.request.Request(f"{base}/chat/completions", data=body,
@@ -122,6 +92,3 @@ def test_the_real_server_answers_with_the_extra_buffer_types_off(monkeypatch):
             answer = json.load(response)
         assert answer["choices"][0]["message"]["content"]
         assert answer["usage"]["prompt_tokens"] > 10
-    finally:
-        server.terminate()
-        server.wait(10)
