@@ -196,18 +196,35 @@ def demo(
                                 "alfworld/rescue, alfworld/expert, alfworld/planner or an LLM."),
     ray: str = typer.Option(None, "--ray", help="Play every phase on a one-node Ray cluster: "
                             "auto, local or HOST:PORT (the demo's log is SQLite)."),
+    student_from: Path = typer.Option(None, help="Use the student an earlier `agentkd loop "
+                                      "alfworld --workdir PATH` fine-tuned (priced as its "
+                                      "base) instead of --student."),
 ) -> None:
     """The offline story: collect demos with the teacher, then compare every mode."""
     log = f"sqlite:///{(workdir / 'demo.db').resolve()}"
     demos = str(workdir / "demos")
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    prices: dict[str, tuple[float, float]] = {}
+    if student_from is not None:
+        from agentkd.loop.alfworld import trained_student
+
+        try:
+            tuned = trained_student(student_from)
+        except AgentKDError as exc:
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from None
+        student, prices = tuned.model, {tuned.model: tuned.price}
+        match = (f", {tuned.next_action_match:.0%} next-action match on held-out steps"
+                 if tuned.next_action_match is not None else "")
+        console.print(f"[dim]student: {tuned.base} fine-tuned by `agentkd loop` in "
+                      f"{student_from}{match}[/dim]", highlight=False)
 
     def play(mode: str, split: str, n: int, steps: int) -> str:
         config = BenchConfig(mode=mode, teacher=teacher, student=student, split=split,
                              episodes=n, stratify=True,
                              demos=demos if mode in ("collect", "icd", "distill") else None,
                              log=log, run=f"demo-{stamp}-{mode}", max_steps=steps,
-                             ray=ray, workers=0 if ray else 1,
+                             ray=ray, workers=0 if ray else 1, prices=prices,
                              # A small student agrees with itself while going round in
                              # circles: the cascade defers those steps too.
                              cascade={"defer_loops": mode == "distill"},

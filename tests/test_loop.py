@@ -24,8 +24,8 @@ import agentkd
 from agentkd.cli import app
 from agentkd.log import TrajectoryLog
 from agentkd.loop import LoopConfig, run_loop
-from agentkd.loop.alfworld import PHASES, LoopContext, report
-from agentkd.loop.phases import Phase, read_marker
+from agentkd.loop.alfworld import PHASES, LoopContext, base_price, report, trained_student
+from agentkd.loop.phases import Marker, Phase, read_marker, write_marker
 from agentkd.report import BELOW_TEACHER
 
 NAMES = [p.name for p in PHASES]
@@ -168,6 +168,31 @@ def test_a_distill_run_at_teacher_success_amortises_collection_and_training(
     assert versus["break_even_episodes"] == pytest.approx((collect_usd + 0.01) / saving)
 
 
+def test_trained_student_names_a_loop_that_has_not_trained_or_whose_student_is_gone(
+        tmp_path: Path) -> None:
+    with pytest.raises(agentkd.ConfigError, match="holds no trained student"):
+        trained_student(tmp_path)
+    model = tmp_path / "student" / "merged" / "model.gguf"
+    write_marker(tmp_path, Marker("train", "f" * 12, {"base": "local/smollm2-135m"},
+                                  {"student": f"local/{model}", "next_action_match": 0.5}, 1.0))
+    with pytest.raises(agentkd.ConfigError, match="is gone"):
+        trained_student(tmp_path)
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"GGUF")
+    tuned = trained_student(tmp_path)
+    assert (tuned.model, tuned.base, tuned.next_action_match) == (
+        f"local/{model}", "local/smollm2-135m", 0.5)
+    assert tuned.price == base_price("local/smollm2-135m") and tuned.price[0] > 0
+
+
+def test_the_demo_refuses_a_loop_folder_without_a_student_before_playing(
+        tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path / "demo"),
+                                      "--student-from", str(tmp_path / "no-loop")])
+    assert result.exit_code == 2 and "holds no trained student" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "demo").exists()
+
+
 SMOLLM = "local/smollm2-135m"
 
 
@@ -226,3 +251,15 @@ def test_the_real_loop_survives_ctrl_c_and_a_rerun_skips_finished_phases(
     assert all(f"{n}: done, skipped" in third.stdout for n in NAMES), third.stdout
     assert {p: (p.read_text(), p.stat().st_mtime_ns) for p in markers} == markers
     assert {run: len(log.episodes(run)) for run in body["runs"]} == played
+
+    # The demo reuses the student this loop trained, priced as its base, and says so.
+    shown = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path / "demo"),
+                                     "--train-games", "1", "--games", "1",
+                                     "--student-from", str(workdir)])
+    assert shown.exit_code == 0, shown.output
+    assert f"fine-tuned by `agentkd loop` in {workdir}" in " ".join(shown.output.split())
+    demo_log = TrajectoryLog(f"sqlite:///{tmp_path / 'demo' / 'demo.db'}")
+    student_calls = [c for s in agentkd.run_summaries(demo_log) if s.mode == "student"
+                     for e in demo_log.episodes(s.run_id) for c in demo_log.calls(e.id)]
+    assert student_calls and {c.model for c in student_calls} == {body["student"]}
+    assert all(c.cost_usd > 0 for c in student_calls)

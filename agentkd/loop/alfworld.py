@@ -126,6 +126,32 @@ def _play(ctx: LoopContext, title: str, **bench: Any) -> str:
         raise
 
 
+@dataclass(frozen=True)
+class TrainedStudent:
+    """The student a finished loop trained: its model string, priced as its base."""
+
+    model: str
+    base: str
+    price: tuple[float, float]
+    next_action_match: float | None
+
+
+def trained_student(workdir: Path) -> TrainedStudent:
+    """The tuned student of the loop in `workdir` (its train phase must have finished)."""
+    from agentkd.loop.phases import marker_path, read_marker
+
+    marker = read_marker(workdir, "train")
+    if marker is None:
+        raise ConfigError(f"{workdir} holds no trained student ({marker_path(workdir, 'train')} "
+                          f"is missing): run `agentkd loop alfworld --workdir {workdir}` first")
+    model = str(marker.outputs["student"])
+    if not Path(model.removeprefix("local/")).is_file():
+        raise ConfigError(f"the student the loop in {workdir} trained, {model}, is gone; rerun "
+                          f"`agentkd loop alfworld --workdir {workdir}` to train it again")
+    base = str(marker.settings["base"])
+    return TrainedStudent(model, base, base_price(base), marker.outputs.get("next_action_match"))
+
+
 def base_price(base: str) -> tuple[float, float]:
     """(input, output) USD per million tokens of `base` (0 where litellm does not price it)."""
     cost = litellm.model_cost.get(base, {})
