@@ -162,7 +162,13 @@ def test_a_distill_run_at_teacher_success_amortises_collection_and_training(
             "calibrate": {"run": "collect", "cascade": {}, "calibrated": False},
             "distill": {"baseline_run": "teacher", "distill_run": "distill"}}
     report(LoopContext(config, lambda _: None), done)
-    versus = json.loads((tmp_path / "report.json").read_text())["distill_vs_teacher"]
+    body = json.loads((tmp_path / "report.json").read_text())
+    versus = body["distill_vs_teacher"]
+    # The distill run's learning curve: one point per episode served, and its PNG.
+    curve = body["learning_curve"]
+    assert [p["served"] for p in curve["points"]] == [1, 2]
+    assert all(p["mean_teacher_call_rate"] == 0.0 for p in curve["points"])
+    assert Path(curve["png"]).read_bytes().startswith(b"\x89PNG")
     saving = (log.run_cost("teacher") - log.run_cost("distill")) / 2
     assert versus["saving_per_episode"] == pytest.approx(saving)
     assert versus["break_even_episodes"] == pytest.approx((collect_usd + 0.01) / saving)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +266,7 @@ def report(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
     """The summaries of this loop's runs, and the distill run against the baseline with the
     one-time cost (collection + training) amortised: report.py's rule withholds the saving
     below the teacher's 95% interval."""
+    from agentkd.learning import learning_curve, plot_learning_curves
     from agentkd.log import TrajectoryLog
     from agentkd.report import run_summaries, summary_table, versus_baseline
 
@@ -279,8 +280,12 @@ def report(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
     train_usd = cpu_seconds / 3600 * c.train_usd_per_cpu_hour
     versus = versus_baseline(log, done["distill"]["distill_run"],
                              done["distill"]["baseline_run"], collect_usd + train_usd)
+    curve = learning_curve(log, done["distill"]["distill_run"])
+    png = plot_learning_curves({"distill": curve}, c.workdir / "learning_curve.png",
+                               title=f"tuned {c.base}, teacher {c.teacher}")
     body = {
         "config": c.model_dump(mode="json"), "log": c.log, "runs": runs,
+        "learning_curve": {"png": str(png), "points": [asdict(p) for p in curve]},
         "student": done["train"]["student"], "cascade": done["calibrate"]["cascade"],
         "calibrated": done["calibrate"]["calibrated"],
         "one_time_cost": {"collect_usd": collect_usd, "train_cpu_seconds": cpu_seconds,
@@ -299,7 +304,7 @@ def report(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
                 f"${c.train_usd_per_cpu_hour:g} = ${train_usd:.4f})")
     else:
         line = f"no saving or break-even claimed: {versus['saving_withheld']}"
-    ctx.say(f"{line}\nwrote {path}")
+    ctx.say(f"{line}\nwrote {path} and {png}")
     return {"report": str(path), "break_even_episodes": versus["break_even_episodes"],
             "saving_withheld": versus["saving_withheld"]}
 
