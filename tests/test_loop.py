@@ -199,6 +199,30 @@ def test_the_demo_refuses_a_loop_folder_without_a_student_before_playing(
     assert "Traceback" not in result.output and not (tmp_path / "demo").exists()
 
 
+def test_every_run_of_the_tuned_student_carries_its_price_to_the_workers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes start without the parent's price registrations: the bench config of
+    each run names the student's price, also once this process already knows it."""
+    from agentkd.envs import cli as bench_cli
+    from agentkd.loop.alfworld import _play
+
+    seen: list[Any] = []
+
+    def run_with_progress(config: Any, title: str, **_: Any) -> str:
+        seen.append(config)
+        for model, price in config.prices.items():  # as a run in this process does
+            agentkd.register_price(model, *price)
+        return "run"
+
+    monkeypatch.setattr(bench_cli, "run_with_progress", run_with_progress)
+    student = f"local/{tmp_path / 'student.gguf'}"
+    ctx = LoopContext(LoopConfig(workdir=tmp_path, workers=2), lambda _: None)
+    for _ in range(2):  # the second run: the first registered the price in this process
+        _play(ctx, "distill", mode="distill", student=student, episodes=1)
+    assert [(c.workers, c.prices) for c in seen] == [
+        (2, {student: base_price("local/smollm2-135m")})] * 2
+
+
 SMOLLM = "local/smollm2-135m"
 
 

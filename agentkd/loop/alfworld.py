@@ -111,8 +111,10 @@ def _play(ctx: LoopContext, title: str, **bench: Any) -> str:
 
     c = ctx.config
     student = bench.get("student")
-    if student is not None and student not in litellm.model_cost:
-        bench["prices"] = {student: base_price(c.base)}  # the tuned student costs its base's
+    if student is not None:
+        # The tuned student costs its base's. Passed on every run, not only while this
+        # process lacks the price: worker processes start without the parent's registrations.
+        bench["prices"] = {student: base_price(c.base)}
     config = BenchConfig(teacher=c.teacher, stratify=True, log=c.log, resume=True,
                          data=c.data, workers=c.workers,
                          retrieval={"k": c.k, "window_before": 1, "window_after": 1},
