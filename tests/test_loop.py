@@ -239,8 +239,11 @@ def test_the_real_loop_survives_ctrl_c_and_a_rerun_skips_finished_phases(
     # One llama.cpp thread: on 2 shared cores a second one only waits for the first.
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "COLUMNS": "200",
            "AGENTKD_LOCAL_N_THREADS": "1"}
+    # Ctrl-C reaches the child as it would from a terminal: a shell that started pytest in
+    # the background (`pytest &`) leaves SIGINT ignored, and children inherit that.
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                             text=True)
+                             text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Ctrl-C once training has started (the first two phases wrote their markers).
     deadline = time.monotonic() + 400
     while not (workdir / "phases" / "export.json").is_file():
