@@ -207,19 +207,6 @@ def demo(
     demos = str(workdir / "demos")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     prices: dict[str, tuple[float, float]] = {}
-    if student_from is not None:
-        from agentkd.loop.alfworld import trained_student
-
-        try:
-            tuned = trained_student(student_from)
-        except AgentKDError as exc:
-            console.print(f"[red]error:[/red] {escape(str(exc))}")
-            raise typer.Exit(2) from None
-        student, prices = tuned.model, {tuned.model: tuned.price}
-        match = (f", {tuned.next_action_match:.0%} next-action match on held-out steps"
-                 if tuned.next_action_match is not None else "")
-        console.print(f"[dim]student: {tuned.base} fine-tuned by `agentkd loop` in "
-                      f"{student_from}{match}[/dim]", highlight=False)
 
     def play(mode: str, split: str, n: int, steps: int) -> str:
         config = BenchConfig(mode=mode, teacher=teacher, student=student, split=split,
@@ -234,6 +221,15 @@ def demo(
         return run_with_progress(config, f"{mode:8s} {split}")
 
     try:
+        if student_from is not None:
+            from agentkd.loop.alfworld import trained_student
+
+            tuned = trained_student(student_from)
+            student, prices = tuned.model, {tuned.model: tuned.price}
+            match = (f", {tuned.next_action_match:.0%} next-action match on held-out steps"
+                     if tuned.next_action_match is not None else "")
+            console.print(f"[dim]student: {tuned.base} fine-tuned by `agentkd loop` in "
+                          f"{student_from}{match}[/dim]", highlight=False)
         runs = [play("collect", "train", train_games, TEACHER_CAP),
                 play("teacher", "valid_seen", games,
                      TEACHER_CAP if max_steps is None else max_steps)]
