@@ -195,7 +195,7 @@ class AlfWorldEnv:
         self._goal = text.split("Your task is to:")[-1].strip() if "Your task is to:" in text \
             else ""
         self.history = []
-        self._rescue = RescueExpert(self._task, text, seed_key=f"{self.task_id}:{self.seed}")
+        self._rescue = RescueExpert(self._task, text)
         self._publish()
         return text.replace("-= Welcome to TextWorld, ALFRED! =-", "").strip(), self._info()
 

@@ -12,18 +12,21 @@ which objects it has heated, cooled or cleaned. That is what an LLM reading the 
 the game's hidden facts (where unseen objects are) are never read. From the belief it takes the
 task type's next subgoal (find, take, treat at the appliance, put, twice for pick_two; or find
 the lamp and use it), so a student's detour, wrong pick-up or half-done task is taken over
-where it stands. Searching for an unseen object follows ALFWorld's own priors (which
-receptacle classes can hold which objects), ties broken by a per-game, per-seed shuffle.
+where it stands. Searching for an unseen object goes to the receptacle likeliest to hold it
+(`search_prior`: learnt from the train split, as an LLM knows apples are kept in fridges), ties
+in room order. So the teacher is a fixed function of the task and the transcript, like an LLM
+at temperature 0: a student can learn its every choice, search included.
 """
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
+
+from agentkd.envs.search_prior import shipped as search_prior
 
 NOTHING_HAPPENS = "Nothing happens."
 # Treatment tasks: the verb, then the appliance classes in order of preference (the handcoded
@@ -154,16 +157,13 @@ def _saw(belief: Belief, recep: str, feedback: str, step: int) -> None:
 
 
 class RescueExpert:
-    """Next action for one game from its transcript; deterministic per game and `seed_key`."""
+    """Next action for one game from its transcript: a fixed function of both."""
 
-    def __init__(self, task: Task, intro: str, seed_key: str) -> None:
+    def __init__(self, task: Task, intro: str) -> None:
         self.task = task
         self.intro = intro
-        # One shuffle per episode, so the search order (not the belief) depends on the seed.
         receptacles = read_history(intro, ()).receptacles
-        shuffled = list(receptacles)
-        random.Random(seed_key).shuffle(shuffled)
-        self._rank = {r: i for i, r in enumerate(shuffled)}
+        self._rank = {r: i for i, r in enumerate(receptacles)}
 
     def act(self, history: Iterable[tuple[str, str]], admissible: list[str]) -> str:
         action = self._decide(read_history(self.intro, history), set(admissible))
@@ -211,7 +211,7 @@ class RescueExpert:
         return self._search(b, task.target)
 
     def _nearest(self, b: Belief, recep: str) -> tuple[bool, int]:
-        """Sort key: here first, then the seeded order."""
+        """Sort key: here first, then room order."""
         return recep != b.location, self._rank[recep]
 
     def _done(self, b: Belief, obj: str) -> bool:
@@ -241,11 +241,13 @@ class RescueExpert:
         return action if action in admissible else f"go to {recep}"
 
     def _search(self, b: Belief, cls: str) -> str:
-        """Look where `cls` has not been seen yet: receptacles ALFWorld's priors say can hold
-        it first; once everything has been seen, the one seen longest ago."""
-        holds = _holds()
-        def prior(recep: str) -> tuple[bool, int]:
-            return cls not in holds.get(kind(recep), ()), self._rank[recep]
+        """Look where `cls` has not been seen yet, likeliest receptacle first (never-seen
+        pairs: those ALFWorld's constants say can hold it first); once everything has been
+        seen, the one seen longest ago."""
+        holds, likely = _holds(), search_prior().get(cls, {})
+        def prior(recep: str) -> tuple[float, bool, int]:
+            return (-likely.get(kind(recep), 0.0), cls not in holds.get(kind(recep), ()),
+                    self._rank[recep])
 
         unseen = sorted((r for r in b.receptacles if r not in b.contents), key=prior)
         if unseen:
