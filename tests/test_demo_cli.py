@@ -27,14 +27,14 @@ def test_demo_caps_the_students_at_twice_the_teachers_longest_episode(scripted: 
     summaries = {s.mode: s for s in run_summaries(log)}
     steps = {mode: [e.n_steps for e in log.episodes(s.run_id)] for mode, s in summaries.items()}
     # The demo's teacher is the rescuing expert; its two stratified valid_seen games take it
-    # 3 and 9 steps (the handcoded expert needed 5 and 15, and lost one at the old cap of 10).
+    # 3 and 4 steps (the handcoded expert needed 5 and 15, and lost one at the old cap of 10).
     teacher = summaries["teacher"]
     assert (teacher.teacher, teacher.wins, teacher.episodes) == ("alfworld/rescue", 2, 2)
-    assert steps["teacher"] == [3, 9]
-    assert "students' step cap: 18, twice the teacher's longest episode on these games (9)" \
+    assert steps["teacher"] == [3, 4]
+    assert "students' step cap: 8, twice the teacher's longest episode on these games (4)" \
         in " ".join(result.output.split())
     for mode in ("student", "icd"):
-        assert steps[mode] == [18, 18], mode
+        assert steps[mode] == [8, 8], mode
         assert summaries[mode].wins == 0
         assert summaries[mode].saving_withheld == BELOW_TEACHER
     # distill defers loops: every step it deferred is one where the unanimous 'look' had
