@@ -31,10 +31,9 @@ from rich.console import Console
 from rich.table import Table
 
 from agentkd.envs.alfworld import list_games
-from agentkd.envs.bench import BenchConfig, stratified
-from agentkd.envs.cli import run_with_progress
+from agentkd.envs.bench import stratified
 from agentkd.log import TrajectoryLog
-from agentkd.loop.alfworld import LoopConfig, trained_student
+from agentkd.loop.alfworld import LoopConfig, LoopContext, _play, trained_student
 from agentkd.loop.phases import Marker, read_marker
 from agentkd.report import versus_baseline, wilson_interval
 
@@ -43,7 +42,12 @@ console = Console()
 
 def _arm(text: str) -> tuple[str, dict[str, Any]]:
     run, _, settings = text.partition(":")
-    cascade = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in settings.split(",") if kv)}
+    try:
+        cascade = {k: json.loads(v)
+                   for k, v in (kv.split("=", 1) for kv in settings.split(",") if kv)}
+    except ValueError:
+        sys.exit(f"--arm {text!r}: write RUN or RUN:key=value,... with JSON values, "
+                 f"e.g. loop-distill-rep1:defer_repeats=1")
     return run, cascade
 
 
@@ -54,9 +58,9 @@ def _marker(workdir: Path, phase: str) -> Marker:
     return marker
 
 
-def _loop(workdir: Path) -> LoopConfig:
+def _loop(workdir: Path, workers: int = 1) -> LoopConfig:
     """The loop's config as its finished phases recorded it."""
-    settings: dict[str, Any] = {"workdir": workdir}
+    settings: dict[str, Any] = {"workdir": workdir, "workers": workers}
     for phase in ("collect", "export", "train", "calibrate"):
         settings |= _marker(workdir, phase).settings
     return LoopConfig(**settings)
@@ -64,17 +68,13 @@ def _loop(workdir: Path) -> LoopConfig:
 
 def play(workdir: Path, run: str, games: int, cascade: dict[str, Any], workers: int
          ) -> None:
-    """The loop's distill phase with `cascade` added to its cascade, on the first `games`."""
-    loop = _loop(workdir)
-    student = trained_student(workdir)
-    config = BenchConfig(mode="distill", teacher=loop.teacher, student=student.model,
-                         split="valid_seen", episodes=games, stratify=True,
-                         demos=_marker(workdir, "collect").outputs["demos"], log=loop.log,
-                         run=run, resume=True, max_steps=loop.max_steps, workers=workers,
-                         prices={student.model: student.price},
-                         retrieval={"k": loop.k, "window_before": 1, "window_after": 1},
-                         cascade=_marker(workdir, "calibrate").outputs["cascade"] | cascade)
-    run_with_progress(config, run)
+    """The loop's distill phase (its own `_play`: teacher, retrieval, prices) with `cascade`
+    added to its cascade, on the first `games`."""
+    context = LoopContext(_loop(workdir, workers), say=console.print)
+    _play(context, run, mode="distill", split="valid_seen", episodes=games, run=run,
+          student=trained_student(workdir).model, max_steps=context.config.max_steps,
+          demos=_marker(workdir, "collect").outputs["demos"],
+          cascade=_marker(workdir, "calibrate").outputs["cascade"] | cascade)
 
 
 def figures(log: TrajectoryLog, run: str, tasks: set[str]) -> dict[str, Any]:
