@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="ALFWorld data folder (holds json_2.1.1/train)")
     parser.add_argument("--out", type=Path, default=PRIOR_FILE)
     args = parser.parse_args(argv)
-    table = compute(args.data)
+    try:
+        table = compute(args.data)
+    except FileNotFoundError as exc:
+        parser.exit(2, f"error: {exc}; pass --data the ALFWorld folder (alfworld-download)\n")
     args.out.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     print(f"{len(table)} object classes -> {args.out}")
 

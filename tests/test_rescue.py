@@ -74,6 +74,11 @@ def test_the_search_prior_counts_where_objects_start_in_train_games(tmp_path):
     assert compute(tmp_path) == {"apple": {"fridge": 0.5, "drawer": 0.3333}}
     with pytest.raises(FileNotFoundError, match="no train games"):
         compute(tmp_path / "nowhere")
+    from agentkd.envs.search_prior import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "prior.json")])
+    assert exit.value.code == 2 and not (tmp_path / "prior.json").exists()
 
 
 def test_the_shipped_search_prior_is_the_train_split_s():
