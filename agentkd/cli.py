@@ -178,6 +178,10 @@ def export(
     granularity: str = typer.Option("episode", help="episode (each step trained once, in "
                                     "the context the agent showed) or step (one record per "
                                     "step)."),
+    answers: str = typer.Option("logged", help="logged (each step's own answer) or teacher "
+                                "(the teacher's: its own steps and its shadow labels of the "
+                                "student's steps, the DAgger data; needs --granularity step "
+                                "and a run with --shadow)."),
     val_fraction: float = typer.Option(0.1, help="Share of episodes held out for validation."),
     seed: int = typer.Option(0, help="Seed of the train/validation split."),
 ) -> None:
@@ -192,9 +196,12 @@ def export(
         filters = ExportFilters(success_only=not include_failed, source=source,  # type: ignore[arg-type]
                                 task_types=task_type or None, dedupe=dedupe,
                                 granularity=granularity,  # type: ignore[arg-type]
+                                answers=answers,  # type: ignore[arg-type]
                                 val_fraction=val_fraction, seed=seed)
     except ValidationError as exc:
-        fail(f"bad export option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+        error = exc.errors()[0]
+        where = ".".join(map(str, error["loc"])) or "options"
+        fail(f"bad export option: {where}: {error['msg']}")
         return
     try:
         trajectories = TrajectoryLog(log, create=False)

@@ -125,6 +125,8 @@ class _Step:
     response: litellm.ModelResponse | None = None
     shadow: bool | None = None
     teacher_action: str | None = None
+    teacher_text: str | None = None
+    """The teacher's answer text on a shadow step the student acted on."""
     student_correct: bool | None = None
     teacher_call: TeacherCall | None = None
 
@@ -562,7 +564,8 @@ class Distiller:
         if step.actor == "teacher":
             step.teacher_action = extract_action(step.final, self.extractor)
         else:
-            step.teacher_action, record = self._shadow_label(messages, kwargs)
+            step.teacher_action, step.teacher_text, record = self._shadow_label(messages,
+                                                                                kwargs)
             step.calls.append(record)
         if step.teacher_action is None:
             return
@@ -590,6 +593,7 @@ class Distiller:
                       "repeat": step.repeat, "taken": step.taken}
                      if decision is not None and decision.signals is not None else None),
             shadow=step.shadow, teacher_action=step.teacher_action,
+            teacher_text=step.teacher_text,
             student_correct=step.student_correct,
         )
         self.log.record_step(scope.episode_id, self.run_id, record, step.calls)
@@ -637,12 +641,17 @@ class Distiller:
         return decision, samples
 
     def _shadow_label(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]
-                      ) -> tuple[str | None, CallRecord]:
-        """Ask the teacher what it would do (role ``shadow``); a failure only loses the label."""
+                      ) -> tuple[str | None, str | None, CallRecord]:
+        """Ask the teacher what it would do (role ``shadow``): (its action, its answer text,
+        the call). A failure only loses the label."""
         result = llm.complete(self.teacher, messages, role="shadow",
                               retries=self.teacher_retries, **{**kwargs, **self.teacher_kwargs})
         message = result.messages()[0] if result.response is not None else None
-        return (extract_action(message, self.extractor) if message else None), result.record
+        if message is None:
+            return None, None, result.record
+        content = message.get("content")
+        return (extract_action(message, self.extractor),
+                content if isinstance(content, str) else None, result.record)
 
     def _ask_teacher(self, scope: EpisodeScope, messages: list[dict[str, Any]],
                      kwargs: dict[str, Any], role: str, step: _Step

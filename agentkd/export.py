@@ -15,6 +15,11 @@ filters (train on it), 0 when it is context only. Two granularities:
   of the last turns (the ReAct agent keeps 12) gives one record per window. Every step is
   trained exactly once, and the context it is trained in is the one the agent showed.
 - ``step``: one record per step, the exact prompt and its answer (only the answer weighted).
+
+Answers are the logged ones, or with ``answers="teacher"`` the teacher's: a step the student
+acted on is trained with the label the teacher gave it in shadow mode (`Cascade.shadow`), so
+the states the student itself reached are trained with the teacher's actions (DAgger, Ross et
+al. 2011). Such a record is one step's prompt, since the history holds the student's actions.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from sqlalchemy import select
 
 from agentkd.cascades.actions import extract_action
@@ -40,6 +45,7 @@ from agentkd.secrets import scrub
 Format = Literal["openai-jsonl", "hf-chat", "sharegpt"]
 Source = Literal["teacher", "student", "both"]
 Granularity = Literal["episode", "step"]
+Answers = Literal["logged", "teacher"]
 FORMATS: tuple[str, ...] = ("openai-jsonl", "hf-chat", "sharegpt")
 CARD_VERSION = 1
 
@@ -78,8 +84,20 @@ class ExportFilters(BaseModel):
     task_types: list[str] | None = None
     dedupe: bool = True
     granularity: Granularity = "episode"
+    answers: Answers = Field(default="logged", description="logged: each step's own answer; "
+                             "teacher: the teacher's, on its own steps and on the student "
+                             "steps it labelled in shadow mode (DAgger); needs granularity "
+                             "'step'")
     val_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _teacher_answers_per_step(self) -> ExportFilters:
+        if self.answers == "teacher" and self.granularity != "step":
+            raise ValueError("answers='teacher' trains each labelled step in its own prompt "
+                             "(the history holds the student's actions, not the teacher's): "
+                             "set granularity='step' (--granularity step)")
+        return self
 
 
 class SplitInfo(BaseModel):
@@ -183,17 +201,35 @@ def _tool_call_dict(call: Any) -> dict[str, Any]:
 def answer_turn(step: Step) -> Turn:
     """The step's final answer: its text, and its tool calls rebuilt from the logged action
     (the log keeps them as the canonical name + arguments JSON the gate compared)."""
+    return _assistant_turn(step, step.final_text, step.final_action)
+
+
+def teacher_answer_turn(step: Step) -> Turn:
+    """The teacher's answer to the step: its own on a teacher step, else its shadow label."""
+    if step.actor == "teacher":
+        return answer_turn(step)
+    return _assistant_turn(step, step.teacher_text, step.teacher_action)
+
+
+def has_teacher_answer(step: Step) -> bool:
+    """A teacher step, or a student step whose shadow label kept the teacher's answer (text,
+    or tool calls in the canonical action; logs before `teacher_text` keep only the action)."""
+    return step.actor == "teacher" or (step.teacher_action is not None and (
+        step.teacher_text is not None or step.teacher_action.startswith("[{")))
+
+
+def _assistant_turn(step: Step, text: str | None, action: str | None) -> Turn:
     tool_calls = None
-    if step.final_action and step.final_action.startswith("[{"):
-        calls = json.loads(step.final_action)
+    if action and action.startswith("[{"):
+        calls = json.loads(action)
         tool_calls = [{"id": f"call_{step.id}_{i}", "type": "function",
                        "function": {"name": c["name"],
                                     "arguments": scrub(json.dumps(c["arguments"]))}}
                       for i, c in enumerate(calls)]
-    if step.final_text is None and tool_calls is None:
+    if text is None and tool_calls is None:
         raise InputError(f"step {step.idx} of episode {step.episode_id} has no answer in the log")
-    return Turn(role="assistant", content=scrub(step.final_text) if step.final_text is not None
-                else None, tool_calls=tool_calls)
+    return Turn(role="assistant", content=scrub(text) if text is not None else None,
+                tool_calls=tool_calls)
 
 
 def _same_answer(turn: Turn, step: Step) -> bool:
@@ -211,6 +247,24 @@ def step_source(step: Step) -> str | None:
     return "student" if step.verdict == "student" else None
 
 
+def _trained(step: Step, filters: ExportFilters) -> bool:
+    """Whether the step's answer is trained under `filters` (its source, its label)."""
+    source = step_source(step)
+    if filters.answers == "teacher":
+        # A labelled student step is trained whether or not the gate accepted it.
+        source = source or "student"
+        if not has_teacher_answer(step):
+            return False
+    return source is not None and filters.source in ("both", source)
+
+
+def trained_source(step: Step, filters: ExportFilters) -> str:
+    """What a trained step counts as in the card's `steps_by_source`."""
+    if filters.answers == "teacher" and step.actor != "teacher":
+        return "teacher_label"
+    return step_source(step) or "unknown"
+
+
 # ---- records ----------------------------------------------------------------------------
 
 
@@ -221,14 +275,14 @@ def episode_records(episode: Episode, steps: list[Step], filters: ExportFilters
     if not steps:
         return []
     prompts = step_prompts(steps)
-    wanted = {s.id for s in steps
-              if step_source(s) is not None and filters.source in ("both", step_source(s))}
+    wanted = {s.id for s in steps if _trained(s, filters)}
+    answer = teacher_answer_turn if filters.answers == "teacher" else answer_turn
     trained: set[int] = set()
     records: list[Record] = []
     last = len(steps) - 1
     while last >= 0:
         covered, record = _window(episode, steps, prompts, last, wanted, trained,
-                                  history=filters.granularity == "episode")
+                                  history=filters.granularity == "episode", answer=answer)
         if record is not None:
             records.append(record)
         last = covered - 1
@@ -236,11 +290,14 @@ def episode_records(episode: Episode, steps: list[Step], filters: ExportFilters
 
 
 def _window(episode: Episode, steps: list[Step], prompts: list[list[dict[str, Any]]], at: int,
-            wanted: set[int], trained: set[int], *, history: bool) -> tuple[int, Record | None]:
-    """The record of step `at`: its prompt and answer. With `history`, the assistant turns of
-    the prompt that are verified answers of earlier steps are weighted too. Returns (index of
-    the earliest step the record covers, record or None when it trains nothing)."""
-    turns = [_turn(m) for m in prompts[at]] + [answer_turn(steps[at])]
+            wanted: set[int], trained: set[int], *, history: bool,
+            answer: Callable[[Step], Turn]) -> tuple[int, Record | None]:
+    """The record of step `at`: its prompt and `answer(step)`. With `history`, the assistant
+    turns of the prompt that are verified answers of earlier steps are weighted too. Returns
+    (index of the earliest step the record covers, record or None when it trains nothing)."""
+    if steps[at].id not in wanted and not history:
+        return at, None  # a step record trains only its own answer
+    turns = [_turn(m) for m in prompts[at]] + [answer(steps[at])]
     step_of: dict[int, Step] = {len(turns) - 1: steps[at]}
     earliest = at
     if history:
@@ -462,7 +519,7 @@ def export_dataset(log: str | TrajectoryLog, run: str | Iterable[str], out: str 
     by_type: Counter[str] = Counter()
     for episode in episodes:
         steps = log.steps(episode.id)
-        source_of = {s.id: step_source(s) or "unknown" for s in steps}
+        source_of = {s.id: trained_source(s, filters) for s in steps}
         records = episode_records(episode, steps, filters)
         split = "train" if episode.id in train_ids else "validation"
         for record in records:
@@ -478,6 +535,10 @@ def export_dataset(log: str | TrajectoryLog, run: str | Iterable[str], out: str 
                 by_source[source_of[step_id]] += 1
         if on_episode:
             on_episode()
+    if not buckets["train"] and not buckets["validation"] and filters.answers == "teacher":
+        raise InputError(f"the {len(episodes)} episodes that pass the filters hold no step "
+                         f"with a teacher answer (source {filters.source!r}): label the "
+                         f"student's steps with Cascade(shadow=1.0) (`--shadow 1.0`)")
     if not buckets["train"] and not buckets["validation"]:
         raise InputError(f"the {len(episodes)} episodes that pass the filters hold no step "
                          f"from source {filters.source!r}: nothing to export")

@@ -145,11 +145,13 @@ class Step(Base):
     # `_add_missing_columns`). `signals`: agreement signals and the nearest demo's action;
     # `shadow`: the step was drawn into the labelled (calibration) sample; `teacher_action`:
     # the teacher's action on such a step; `student_correct`: the student's majority action
-    # is equivalent to it.
+    # is equivalent to it; `teacher_text`: the teacher's answer text there (what an export
+    # with the teacher's answers trains on: `ExportFilters.answers`).
     signals: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     shadow: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     teacher_action: Mapped[str | None] = mapped_column(_Text, nullable=True)
     student_correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    teacher_text: Mapped[str | None] = mapped_column(_Text, nullable=True)
     __table_args__ = (UniqueConstraint("episode_id", "idx", name="uq_steps_episode_idx"),)
 
 
@@ -225,6 +227,7 @@ class StepRecord:
     shadow: bool | None = None
     teacher_action: str | None = None
     student_correct: bool | None = None
+    teacher_text: str | None = None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -394,7 +397,8 @@ class TrajectoryLog:
             "new_messages": step.new_messages, "observation": step.observation,
             "demo_block": step.demo_block, "samples": step.samples,
             "final_action": step.final_action, "final_text": step.final_text,
-            "signals": step.signals, "teacher_action": step.teacher_action})
+            "signals": step.signals, "teacher_action": step.teacher_action,
+            "teacher_text": step.teacher_text})
         prompt_hash = self._logged_prompt_hash(episode_id, step, texts["new_messages"])
         # Core statements, not the ORM unit of work: this runs on every agent step.
         with self._write_lock(), self.engine.begin() as conn:

@@ -41,6 +41,9 @@ class BenchConfig:
     split: str = "valid_seen"
     episodes: int | None = None
     offset: int = 0
+    """Skip the first `offset` games of the order played: the sorted split, or with
+    `stratify` the stratified order, so `offset=200` picks games disjoint from a run's first
+    200 stratified ones."""
     stratify: bool = False
     """Take the `episodes` games round-robin over task types (all six ALFWorld types in a
     subset of six) instead of the first ones in sorted order, which cluster by type."""
@@ -238,12 +241,14 @@ def plan_games(config: BenchConfig, run_id: str) -> tuple[list[Path], int]:
     if config.grow_demos and parallel(config):
         raise InputError("--grow-demos writes the store as episodes finish, and a store has "
                          "one writer: use --workers 1 without --ray")
-    games = list_games(config.split, config.data)[config.offset:]
+    games = list_games(config.split, config.data)
+    if config.stratify:
+        games = stratified(games, len(games))
+    games = games[config.offset:]
     if config.episodes is not None:
         if config.episodes < 1:
             raise InputError("--episodes must be >= 1")
-        games = (stratified(games, config.episodes) if config.stratify
-                 else games[: config.episodes])
+        games = games[: config.episodes]
     if not config.resume:
         return games, 0
     log = TrajectoryLog(config.log)

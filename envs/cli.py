@@ -101,7 +101,8 @@ def bench_alfworld(
     student: str = typer.Option(DEFAULT_STUDENT, help="litellm model string of the student."),
     episodes: int = typer.Option(None, help="Play only N games of the split (the first N, or "
                                             "N spread over task types with --stratify)."),
-    offset: int = typer.Option(0, help="Skip the first games of the split."),
+    offset: int = typer.Option(0, help="Skip the first games of the split (with --stratify: "
+                               "of the stratified order)."),
     stratify: bool = typer.Option(False, help="Pick the N games round-robin over the six "
                                               "task types instead of the first N."),
     workers: int = typer.Option(None, help="Worker processes (each loads its own models); "

@@ -154,6 +154,13 @@ def test_stratified_subset_covers_every_task_type_of_a_real_split():
 
     planned, _ = plan_games(BenchConfig(mode="teacher", episodes=6, stratify=True), "r")
     assert planned == subset
+    # An offset skips games of the stratified order: the next six are new, and typed alike.
+    after, _ = plan_games(BenchConfig(mode="teacher", episodes=6, offset=6, stratify=True),
+                          "r")
+    assert after == stratified(games, 12)[6:] and not set(after) & set(subset)
+    assert sorted(map(task_type, after)) == sorted(map(task_type, subset))
+    sorted_after, _ = plan_games(BenchConfig(mode="teacher", episodes=6, offset=6), "r")
+    assert sorted_after == games[6:12]
 
 
 def test_closest_admissible_maps_typos_and_rejects_nonsense():

@@ -210,6 +210,61 @@ def test_source_filter_picks_teacher_or_gate_accepted_student_steps(scripted, lo
     assert by_source == {"teacher": [0, 1, 1], "student": [1, 0, 0], "both": [1, 1, 1]}
 
 
+def test_teacher_answers_train_the_states_the_student_reached_with_the_teachers_labels(
+        scripted, log_url, tmp_path):
+    """DAgger data: the student acts (and fails), the teacher labels every step in shadow
+    mode; each labelled step becomes its own prompt answered with the teacher's text."""
+    scripted.scripts[TEACHER] = teacher_script
+    scripted.scripts[STUDENT] = lambda messages, n: ["Action: look"] * n
+    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                           run="dagger", cascade={"sampling": "n", "shadow": 1.0})
+    with kd.episode_scope(task_id="d1", task_type="pick") as scope:
+        appending_agent("goal d1", 3)
+        scope.finish(success=False)
+    steps = kd.log.steps(kd.log.episodes("dagger")[0].id)
+    assert [s.actor for s in steps] == ["student"] * 3
+    assert [s.teacher_text for s in steps] == [f"Thought: step {n}.\nAction: answer {obs}"
+                                               for n, obs in ((2, "Your task is to: goal d1"),
+                                                              (4, "Observation: you see drawer 2."),
+                                                              (6, "Observation: you see drawer 3."))]
+    out = tmp_path / "labels.jsonl"
+    card = export_dataset(log_url, "dagger", out, filters=ExportFilters(
+        success_only=False, granularity="step", answers="teacher", val_fraction=0))
+    records = lines(out)
+    assert card.steps_by_source == {"teacher_label": 3} and len(records) == 3
+    for record, step in zip(records, steps, strict=True):
+        *context, answer = record["messages"]
+        assert (answer["content"], answer["weight"]) == (step.teacher_text, 1)
+        # The history is what the student did: its own answers, context only.
+        assert [(m["content"], m["weight"]) for m in context if m["role"] == "assistant"] == [
+            ("Action: look", 0)] * (step.idx)
+    # The logged answers of the same run are the student's.
+    logged = export_dataset(log_url, "dagger", tmp_path / "logged.jsonl", filters=ExportFilters(
+        success_only=False, granularity="step", val_fraction=0))
+    assert logged.steps_by_source == {"student": 3}
+    assert {lines(tmp_path / "logged.jsonl")[0]["messages"][-1]["content"]} == {"Action: look"}
+
+
+def test_teacher_answers_need_step_records_and_labels(scripted, log_url, tmp_path):
+    with pytest.raises(ValueError, match="set granularity='step'"):
+        ExportFilters(answers="teacher")
+    result = CliRunner().invoke(app, ["export", "--log", log_url, "--run", "x", "--out",
+                                      str(tmp_path / "x.jsonl"), "--answers", "teacher"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--granularity step" in " ".join(result.output.split())
+    # A student run without shadow labels holds no teacher answer to train on.
+    scripted.scripts[TEACHER] = teacher_script
+    scripted.scripts[STUDENT] = lambda messages, n: ["Action: look"] * n
+    kd = agentkd.Distiller(teacher=TEACHER, student=STUDENT, mode="distill", log=log_url,
+                           run="unlabelled", cascade={"sampling": "n"})
+    with kd.episode_scope(task_id="d1") as scope:
+        appending_agent("goal d1", 2)
+        scope.finish(success=True)
+    with pytest.raises(InputError, match=r"no step with a teacher answer .*shadow=1\.0"):
+        export_dataset(log_url, "unlabelled", tmp_path / "x.jsonl", filters=ExportFilters(
+            granularity="step", answers="teacher", val_fraction=0))
+
+
 def test_dedupe_drops_identical_records_from_two_runs(scripted, log_url, tmp_path):
     scripted.scripts[TEACHER] = teacher_script
     collect(log_url, "a", [("t1", "pick", True, 2)])

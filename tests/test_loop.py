@@ -69,7 +69,7 @@ def test_a_rerun_skips_finished_phases_and_a_changed_one_redoes_it_and_the_rest(
     said.clear()
     changed = run_loop(config.model_copy(update={"epochs": 2.0}), say=said.append,
                        phases=stubbed(ran))
-    assert ran == ["train", "calibrate", "distill", "report"]
+    assert ran == ["train", "dagger", "calibrate", "distill", "report"]
     assert said[:2] == ["collect: done, skipped", "export: done, skipped"]
     assert changed["export"] == outputs["export"]
     assert all(changed[n]["tag"] != outputs[n]["tag"] for n in ran)
@@ -126,6 +126,8 @@ def test_a_distill_run_below_teacher_success_claims_no_saving(scripted: Scripted
     done = {"collect": {"run": "collect", "cost_usd": TrajectoryLog(config.log).run_cost(
                 "collect")},
             "train": {"student": "scripted/student", "cpu_seconds": 3600.0},
+            "dagger": {"student": "scripted/student", "run": None, "cost_usd": 0.0,
+                       "cpu_seconds": 0.0},
             "calibrate": {"run": "collect", "cascade": {}, "calibrated": False},
             "distill": {"baseline_run": "teacher", "distill_run": "distill"}}
     said: list[str] = []
@@ -157,8 +159,11 @@ def test_a_distill_run_at_teacher_success_amortises_collection_and_training(
                 ep.finish(success=True)
     log = TrajectoryLog(config.log)
     collect_usd = log.run_cost("collect")
+    # A DAgger round: its teacher labels and its training are paid once, like collection's.
     done = {"collect": {"run": "collect", "cost_usd": collect_usd},
             "train": {"student": "scripted/student", "cpu_seconds": 36.0},  # 0.01 CPU-h
+            "dagger": {"student": "scripted/student", "run": None, "cost_usd": 0.002,
+                       "cpu_seconds": 18.0},
             "calibrate": {"run": "collect", "cascade": {}, "calibrated": False},
             "distill": {"baseline_run": "teacher", "distill_run": "distill"}}
     report(LoopContext(config, lambda _: None), done)
@@ -171,7 +176,9 @@ def test_a_distill_run_at_teacher_success_amortises_collection_and_training(
     assert Path(curve["png"]).read_bytes().startswith(b"\x89PNG")
     saving = (log.run_cost("teacher") - log.run_cost("distill")) / 2
     assert versus["saving_per_episode"] == pytest.approx(saving)
-    assert versus["break_even_episodes"] == pytest.approx((collect_usd + 0.01) / saving)
+    assert versus["break_even_episodes"] == pytest.approx((collect_usd + 0.002 + 0.015)
+                                                          / saving)
+    assert body["one_time_cost"]["train_cpu_seconds"] == 54.0
 
 
 def test_trained_student_names_a_loop_that_has_not_trained_or_whose_student_is_gone(
@@ -189,6 +196,16 @@ def test_trained_student_names_a_loop_that_has_not_trained_or_whose_student_is_g
     assert (tuned.model, tuned.base, tuned.next_action_match) == (
         f"local/{model}", "local/smollm2-135m", 0.5)
     assert tuned.price == base_price("local/smollm2-135m") and tuned.price[0] > 0
+    # After a DAgger round, its student is the loop's, priced as the same base.
+    retrained = tmp_path / "student-dagger" / "merged" / "model.gguf"
+    retrained.parent.mkdir(parents=True)
+    retrained.write_bytes(b"GGUF")
+    write_marker(tmp_path, Marker("dagger", "d" * 12, {"dagger_games": 4},
+                                  {"student": f"local/{retrained}", "next_action_match": 0.75},
+                                  1.0))
+    tuned = trained_student(tmp_path)
+    assert (tuned.model, tuned.base, tuned.next_action_match) == (
+        f"local/{retrained}", "local/smollm2-135m", 0.75)
 
 
 def test_the_demo_refuses_a_loop_folder_without_a_student_before_playing(

@@ -2,8 +2,11 @@
 
 collect (the teacher plays train games → demo store) → export (the SFT dataset from the log)
 → train (LoRA SFT of a small GGUF student, merged and written as GGUF for llama.cpp) →
-calibrate (a shadow run of the tuned student on valid_train → the acceptance rule) → distill
-(the tuned student with demos and the cascade on valid_seen, and the teacher-only baseline
+dagger (optional, ``dagger_games``: the tuned student plays further train games with the
+teacher labelling every step; the states it reached, answered with the teacher's actions,
+join the SFT data and the student trains on; DAgger, Ross et al. 2011) → calibrate (a
+shadow run of the tuned student on valid_train → the acceptance rule) → distill (the tuned
+student with demos and the cascade on valid_seen, and the teacher-only baseline
 with the same teacher, games and step cap) → report (the run summaries, and ``report.json``
 with the break-even over collection and training cost).
 
@@ -57,6 +60,13 @@ class LoopConfig(BaseModel):
     save_steps: int = Field(5, ge=1, description="checkpoint every N optimiser steps")
     eval_limit: int = Field(20, ge=1, description="held-out actions scored after training")
     threads: int | None = Field(None, ge=1, description="torch threads while training")
+    dagger_games: int = Field(0, ge=0, description="train games (after the collected ones) "
+                              "the tuned student plays with every step labelled by the "
+                              "teacher, to train on (0: no DAgger round)")
+    dagger_max_steps: int = Field(20, ge=1, description="step cap of the DAgger games")
+    dagger_epochs: float = Field(1.0, gt=0.0, description="epochs over the DAgger data")
+    dagger_max_records: int | None = Field(None, ge=1, description="DAgger round: train on a "
+                                           "seeded sample of N records")
     calibrate_games: int = Field(2, ge=1, description="valid_train games of the shadow run")
     eval_games: int = Field(4, ge=1, description="valid_seen games of distill and baseline")
     max_steps: int = Field(20, ge=1, description="step cap of calibrate, distill, baseline")
@@ -139,19 +149,21 @@ class TrainedStudent:
 
 
 def trained_student(workdir: Path) -> TrainedStudent:
-    """The tuned student of the loop in `workdir` (its train phase must have finished)."""
+    """The tuned student of the loop in `workdir`: the DAgger round's where it finished,
+    else the train phase's (which must have finished)."""
     from agentkd.loop.phases import marker_path, read_marker
 
     marker = read_marker(workdir, "train")
     if marker is None:
         raise ConfigError(f"{workdir} holds no trained student ({marker_path(workdir, 'train')} "
                           f"is missing): run `agentkd loop alfworld --workdir {workdir}` first")
-    model = str(marker.outputs["student"])
+    latest = read_marker(workdir, "dagger") or marker
+    model = str(latest.outputs["student"])
     if not Path(model.removeprefix("local/")).is_file():
         raise ConfigError(f"the student the loop in {workdir} trained, {model}, is gone; rerun "
                           f"`agentkd loop alfworld --workdir {workdir}` to train it again")
     base = str(marker.settings["base"])
-    return TrainedStudent(model, base, base_price(base), marker.outputs.get("next_action_match"))
+    return TrainedStudent(model, base, base_price(base), latest.outputs.get("next_action_match"))
 
 
 def base_price(base: str) -> tuple[float, float]:
@@ -194,14 +206,23 @@ def export(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
 
 
 def train(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
+    c = ctx.config
+    return _train(ctx, Path(done["export"]["data"]), c.base,
+                  c.workdir / f"student-{_tag(ctx, 'train')}", epochs=c.epochs,
+                  max_records=c.max_records)
+
+
+def _train(ctx: LoopContext, data: Path, base: str, out: Path, *, epochs: float,
+           max_records: int | None, eval_data: Path | None = None) -> dict[str, Any]:
+    """LoRA SFT of `base` on `data` into `out` (merged, GGUF), resumable; its outputs with
+    the CPU seconds of every attempt."""
     from agentkd.train import TrainConfig
     from agentkd.train import train as run_training
 
     c = ctx.config
-    out = c.workdir / f"student-{_tag(ctx, 'train')}"
-    config = TrainConfig(data=Path(done["export"]["data"]), base=c.base, out=out, r=c.r,
-                         alpha=c.alpha, lr=c.lr, epochs=c.epochs, grad_accum=c.grad_accum,
-                         max_length=c.max_length, max_records=c.max_records,
+    config = TrainConfig(data=data, eval_data=eval_data, base=base, out=out, r=c.r,
+                         alpha=c.alpha, lr=c.lr, epochs=epochs, grad_accum=c.grad_accum,
+                         max_length=c.max_length, max_records=max_records,
                          save_steps=c.save_steps, eval_limit=c.eval_limit, threads=c.threads,
                          merge=True, gguf=True)
     # CPU seconds of every attempt add up: an interrupted run's work is paid for too.
@@ -222,6 +243,54 @@ def train(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
             "next_action_match": report.tuned_eval.accuracy if report.tuned_eval else None}
 
 
+def dagger(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
+    """One DAgger round: the tuned student serves train games it was not trained on, with
+    demos and the cascade as at serve time and the teacher labelling every step (shadow);
+    every labelled step, in the prompt the student saw and answered with the teacher's
+    action, joins the SFT records, and the tuned student trains on them. Won or lost, the
+    episodes count: the states where the student went wrong are the ones to learn."""
+    from agentkd.export import ExportFilters, export_dataset
+    from agentkd.log import TrajectoryLog
+
+    c, tag = ctx.config, _tag(ctx, "dagger")
+    student = done["train"]["student"]
+    if not c.dagger_games:
+        return {"student": student, "run": None, "cost_usd": 0.0, "cpu_seconds": 0.0}
+    run = _play(ctx, "dagger train", mode="distill", split="train", offset=c.train_games,
+                episodes=c.dagger_games, student=student, demos=done["collect"]["demos"],
+                run=f"loop-dagger-{tag}", max_steps=c.dagger_max_steps,
+                cascade=_shadow_cascade(c))
+    labelled = c.workdir / f"sft-dagger-{tag}.labels.jsonl"
+    with _console().status("exporting the teacher's labels …"):
+        card = export_dataset(c.log, [run], labelled, filters=ExportFilters(
+            success_only=False, granularity="step", answers="teacher", val_fraction=0.0))
+    # DAgger trains on the aggregate: the collected records and the new labels.
+    data = c.workdir / f"sft-dagger-{tag}.jsonl"
+    data.write_text(Path(done["export"]["data"]).read_text(encoding="utf-8")
+                    + labelled.read_text(encoding="utf-8"), encoding="utf-8")
+    ctx.say(f"dagger: {card.splits['train'].records} labelled steps "
+            f"({card.steps_by_source}) + the {done['export']['records']} collected records "
+            f"→ {data}")
+    student_gguf = Path(student.removeprefix("local/"))
+    trained = _train(ctx, data, str(student_gguf), c.workdir / f"student-dagger-{tag}",
+                     epochs=c.dagger_epochs, max_records=c.dagger_max_records,
+                     eval_data=_validation(Path(done["export"]["data"])))
+    return {**trained, "run": run, "labels": card.splits["train"].records,
+            "cost_usd": TrajectoryLog(c.log).run_cost(run)}
+
+
+def _validation(data: Path) -> Path | None:
+    from agentkd.export import validation_path
+
+    path = validation_path(data)
+    return path if path.is_file() else None
+
+
+def _shadow_cascade(c: LoopConfig) -> dict[str, Any]:
+    """The paper's unanimity rule with loops deferred, the teacher labelling every step."""
+    return {"samples": c.samples, "shadow": 1.0, "shadow_seed": 0, "defer_loops": True}
+
+
 def calibrate(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
     from agentkd.cascades.calibration import calibrate_log, plot_curve
     from agentkd.cascades.cli import _print_result
@@ -230,10 +299,9 @@ def calibrate(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
 
     c, tag = ctx.config, _tag(ctx, "calibrate")
     run = _play(ctx, "calibrate valid_train", mode="distill", split="valid_train",
-                student=done["train"]["student"], episodes=c.calibrate_games,
+                student=done["dagger"]["student"], episodes=c.calibrate_games,
                 demos=done["collect"]["demos"], run=f"loop-shadow-{tag}", max_steps=c.max_steps,
-                cascade={"samples": c.samples, "shadow": 1.0, "shadow_seed": 0,
-                         "defer_loops": True})
+                cascade=_shadow_cascade(c))
     with _console().status("fitting acceptance rules on the labelled steps …"):
         result = calibrate_log(TrajectoryLog(c.log), [run], target_accuracy=c.target_accuracy,
                                confidence=c.confidence, bootstrap=c.bootstrap, require=False)
@@ -258,7 +326,7 @@ def distill(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
     games = {"split": "valid_seen", "episodes": c.eval_games, "max_steps": c.max_steps}
     baseline = _play(ctx, "teacher valid_seen", mode="teacher", run=f"loop-teacher-{tag}",
                      **games)
-    run = _play(ctx, "distill valid_seen", mode="distill", student=done["train"]["student"],
+    run = _play(ctx, "distill valid_seen", mode="distill", student=done["dagger"]["student"],
                 demos=done["collect"]["demos"], run=f"loop-distill-{tag}",
                 cascade=dict(done["calibrate"]["cascade"]), **games)
     return {"baseline_run": baseline, "distill_run": run}
@@ -274,11 +342,13 @@ def report(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
 
     c = ctx.config
     log = TrajectoryLog(c.log)
-    runs = [done["collect"]["run"], done["calibrate"]["run"], done["distill"]["baseline_run"],
-            done["distill"]["distill_run"]]
+    runs = [done["collect"]["run"], done["dagger"]["run"], done["calibrate"]["run"],
+            done["distill"]["baseline_run"], done["distill"]["distill_run"]]
+    runs = [run for run in runs if run is not None]
     summaries = run_summaries(log, run_ids=runs)
-    collect_usd = float(done["collect"]["cost_usd"])
-    cpu_seconds = float(done["train"]["cpu_seconds"])
+    # What a user pays once: the teacher's games (collect, DAgger labels) and the training.
+    collect_usd = float(done["collect"]["cost_usd"]) + float(done["dagger"]["cost_usd"])
+    cpu_seconds = float(done["train"]["cpu_seconds"]) + float(done["dagger"]["cpu_seconds"])
     train_usd = cpu_seconds / 3600 * c.train_usd_per_cpu_hour
     versus = versus_baseline(log, done["distill"]["distill_run"],
                              done["distill"]["baseline_run"], collect_usd + train_usd)
@@ -288,7 +358,7 @@ def report(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
     body = {
         "config": c.model_dump(mode="json"), "log": c.log, "runs": runs,
         "learning_curve": {"png": str(png), "points": [asdict(p) for p in curve]},
-        "student": done["train"]["student"], "cascade": done["calibrate"]["cascade"],
+        "student": done["dagger"]["student"], "cascade": done["calibrate"]["cascade"],
         "calibrated": done["calibrate"]["calibrated"],
         "one_time_cost": {"collect_usd": collect_usd, "train_cpu_seconds": cpu_seconds,
                           "train_usd_per_cpu_hour": c.train_usd_per_cpu_hour,
@@ -301,7 +371,7 @@ def report(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
     console = _console()
     console.print(summary_table(summaries, title="agentkd loop", width=console.width))
     if versus["break_even_episodes"] is not None:
-        line = (f"break-even after {versus['break_even_episodes']:.0f} episodes (collection "
+        line = (f"break-even after {versus['break_even_episodes']:.0f} episodes (teacher games "
                 f"${collect_usd:.4f} + training {cpu_seconds / 3600:.3f} CPU-h × "
                 f"${c.train_usd_per_cpu_hour:g} = ${train_usd:.4f})")
     else:
@@ -316,6 +386,8 @@ PHASES: tuple[Phase[LoopContext], ...] = (
     Phase("export", _settings("val_fraction"), export),
     Phase("train", _settings("base", "epochs", "max_length", "max_records", "grad_accum",
                              "lr", "r", "alpha", "eval_limit"), train),
+    Phase("dagger", _settings("dagger_games", "dagger_max_steps", "dagger_epochs",
+                              "dagger_max_records", "samples", "k"), dagger),
     Phase("calibrate", _settings("calibrate_games", "max_steps", "samples", "k",
                                  "target_accuracy", "confidence", "bootstrap"), calibrate),
     Phase("distill", _settings("eval_games", "max_steps", "samples", "k"), distill),

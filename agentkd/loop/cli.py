@@ -40,6 +40,15 @@ def loop_alfworld(
                                    "interrupted training resumes from the last one)."),
     eval_limit: int = typer.Option(20, help="Held-out actions scored after training."),
     threads: int = typer.Option(None, help="CPU threads for torch while training."),
+    dagger_games: int = typer.Option(0, help="DAgger round: train games (after the "
+                                     "collected ones) the tuned student plays while the "
+                                     "teacher labels every step; it trains on the labels "
+                                     "(0: no round)."),
+    dagger_max_steps: int = typer.Option(20, help="Step cap per DAgger game."),
+    dagger_epochs: float = typer.Option(1.0, help="Epochs over the DAgger data (the "
+                                        "collected records + the labels)."),
+    dagger_max_records: int = typer.Option(None, help="DAgger round: train on a seeded "
+                                           "sample of N records."),
     calibrate_games: int = typer.Option(2, help="valid_train games of the shadow run that "
                                         "calibrates the cascade."),
     eval_games: int = typer.Option(4, help="valid_seen games of the distill run and of the "
@@ -59,7 +68,8 @@ def loop_alfworld(
     workers: int = typer.Option(1, help="Games played at once, each in its own process "
                                 "(a local student gets its share of the cores)."),
 ) -> None:
-    """Collect → export → train → calibrate → distill → report on ALFWorld, resumable.
+    """Collect → export → train → [dagger] → calibrate → distill → report on ALFWorld,
+    resumable.
 
     A finished phase is skipped on a rerun (phases/<name>.json marks it done).
     Changing a phase's options redoes that phase and every later one.
