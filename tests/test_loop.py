@@ -251,6 +251,7 @@ def test_the_real_loop_survives_ctrl_c_and_a_rerun_skips_finished_phases(
     argv = [sys.executable, "-m", "agentkd.cli", "loop", "alfworld", "--workdir",
             str(workdir), "--train-games", "2", "--val-fraction", "0", "--max-records", "4",
             "--grad-accum", "2", "--save-steps", "1", "--max-length", "256",
+            "--dagger-games", "1", "--dagger-max-steps", "3", "--dagger-max-records", "3",
             "--calibrate-games", "1", "--eval-games", "2", "--max-steps", "3", "--samples", "1",
             "--k", "1", "--threads", "1"]
     # One llama.cpp thread: on 2 shared cores a second one only waits for the first.
@@ -289,6 +290,15 @@ def test_the_real_loop_survives_ctrl_c_and_a_rerun_skips_finished_phases(
     assert versus["baseline_episodes"] == 2 and versus["compared_episodes"] == 2
     assert body["one_time_cost"]["train_cpu_seconds"] > 0
     assert body["student"].startswith("local/") and body["student"].endswith(".gguf")
+    # The DAgger round: the tuned student played a further train game with every step
+    # labelled by the teacher, and the student the loop distils with trained on the labels.
+    dagger = json.loads((workdir / "phases" / "dagger.json").read_text())["outputs"]
+    assert "student-dagger-" in body["student"] and dagger["student"] == body["student"]
+    labelled = log.steps(log.episodes(dagger["run"])[0].id)
+    assert labelled and all(s.teacher_action is not None for s in labelled)
+    assert dagger["labels"] == len(labelled) and dagger["cost_usd"] > 0
+    assert dagger["run"] in body["runs"]
+    assert log.episodes(dagger["run"])[0].task_id not in {e.task_id for e in collected}
     # The baseline and the distill run played the same games under the same step cap.
     runs = {s["mode"]: s for s in body["summaries"]}
     assert runs["teacher"]["teacher"] == runs["distill"]["teacher"] == "alfworld/rescue"
