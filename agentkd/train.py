@@ -145,6 +145,12 @@ def load_base(base: str) -> tuple[Model, Tokenizer]:
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+    saved_beside = gguf is not None and (Path(path) / "tokenizer_config.json").is_file()
+    if tokenizer.chat_template is None and saved_beside:
+        # A student `agentkd train` wrote (merged/model.gguf beside its tokenizer files): with
+        # tokenizer files in the folder transformers reads them, not the GGUF's metadata, and
+        # they keep the chat template in chat_template.jinja, which it then skips.
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
         raise ConfigError(f"base model {base!r} has no chat template; use an instruct model")
     if tokenizer.pad_token is None:

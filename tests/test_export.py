@@ -223,10 +223,10 @@ def test_teacher_answers_train_the_states_the_student_reached_with_the_teachers_
         scope.finish(success=False)
     steps = kd.log.steps(kd.log.episodes("dagger")[0].id)
     assert [s.actor for s in steps] == ["student"] * 3
+    seen = ("Your task is to: goal d1", "Observation: you see drawer 2.",
+            "Observation: you see drawer 3.")
     assert [s.teacher_text for s in steps] == [f"Thought: step {n}.\nAction: answer {obs}"
-                                               for n, obs in ((2, "Your task is to: goal d1"),
-                                                              (4, "Observation: you see drawer 2."),
-                                                              (6, "Observation: you see drawer 3."))]
+                                               for n, obs in zip((2, 4, 6), seen, strict=True)]
     out = tmp_path / "labels.jsonl"
     card = export_dataset(log_url, "dagger", out, filters=ExportFilters(
         success_only=False, granularity="step", answers="teacher", val_fraction=0))
