@@ -32,8 +32,8 @@ from rich.table import Table
 
 from agentkd.envs.alfworld import list_games
 from agentkd.envs.bench import stratified
-from agentkd.log import TrajectoryLog
-from agentkd.loop.alfworld import LoopConfig, LoopContext, _play, trained_student
+from agentkd.log import Run, TrajectoryLog
+from agentkd.loop.alfworld import LoopConfig, LoopContext, _play, one_time_cost, trained_student
 from agentkd.loop.phases import Marker, read_marker
 from agentkd.report import versus_baseline, wilson_interval
 
@@ -63,6 +63,8 @@ def _loop(workdir: Path, workers: int = 1) -> LoopConfig:
     settings: dict[str, Any] = {"workdir": workdir, "workers": workers}
     for phase in ("collect", "export", "train", "calibrate"):
         settings |= _marker(workdir, phase).settings
+    dagger = read_marker(workdir, "dagger")
+    settings |= dagger.settings if dagger is not None else {}
     return LoopConfig(**settings)
 
 
@@ -75,6 +77,19 @@ def play(workdir: Path, run: str, games: int, cascade: dict[str, Any], workers: 
           student=trained_student(workdir).model, max_steps=context.config.max_steps,
           demos=_marker(workdir, "collect").outputs["demos"],
           cascade=_marker(workdir, "calibrate").outputs["cascade"] | cascade)
+
+
+def _one_time(workdir: Path, log: TrajectoryLog, run: str, loop: LoopConfig) -> float:
+    """USD paid once for the student `run` played: collection and training, and the DAgger
+    round's labels and training where `run` played the student that round trained."""
+    with log.session() as s:
+        student = s.get(Run, run).student if s.get(Run, run) is not None else None
+    finished = {phase: marker.outputs for phase in ("collect", "train", "dagger")
+                if (marker := read_marker(workdir, phase)) is not None}
+    if finished.get("dagger", {}).get("student") != student:
+        finished.pop("dagger", None)
+    teacher_usd, cpu_seconds = one_time_cost(finished)
+    return teacher_usd + cpu_seconds / 3600 * loop.train_usd_per_cpu_hour
 
 
 def figures(log: TrajectoryLog, run: str, tasks: set[str]) -> dict[str, Any]:
@@ -104,16 +119,15 @@ def main() -> None:
             play(args.workdir, run, args.games, cascade, args.workers)
     loop = _loop(args.workdir)
     log = TrajectoryLog(loop.log, create=False)
-    one_time = (_marker(args.workdir, "collect").outputs["cost_usd"]
-                + _marker(args.workdir, "train").outputs["cpu_seconds"] / 3600
-                * loop.train_usd_per_cpu_hour)
     tasks = {f"{g.parent.parent.name}/{g.parent.name}"
              for g in stratified(list_games("valid_seen"), args.games)}
     rows: dict[str, Any] = {args.baseline: figures(log, args.baseline, tasks)}
     for run, cascade in arms:
-        versus = versus_baseline(log, run, args.baseline, one_time)
+        versus = versus_baseline(log, run, args.baseline, _one_time(args.workdir, log, run,
+                                                                    loop))
         rows[run] = figures(log, run, tasks) | {
-            "cascade_added": cascade, "relative_cost": versus["relative_cost"],
+            "cascade_added": cascade, "one_time_usd": versus["one_time_usd"],
+            "relative_cost": versus["relative_cost"],
             "break_even_episodes": versus["break_even_episodes"],
             "saving_withheld": versus["saving_withheld"]}
     table = Table(title=f"first {args.games} stratified valid_seen games")
@@ -128,8 +142,7 @@ def main() -> None:
                       f"{r['teacher_call_rate']:.0%}", f"{r['cost_per_episode']:.4f}", verdict)
     console.print(table)
     if args.out:
-        body = {"command": "python " + " ".join(sys.argv), "one_time_usd": one_time,
-                "arms": rows}
+        body = {"command": "python " + " ".join(sys.argv), "arms": rows}
         args.out.write_text(json.dumps(body, indent=2) + "\n")
         console.print(f"wrote {args.out}")
 

@@ -332,6 +332,14 @@ def distill(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
     return {"baseline_run": baseline, "distill_run": run}
 
 
+def one_time_cost(done: Outputs) -> tuple[float, float]:
+    """What a user pays once, from the phases' outputs: (USD of the teacher's games that made
+    training data: collection and DAgger labels, CPU seconds of every training)."""
+    dagger = done.get("dagger", {})
+    return (float(done["collect"]["cost_usd"]) + float(dagger.get("cost_usd", 0.0)),
+            float(done["train"]["cpu_seconds"]) + float(dagger.get("cpu_seconds", 0.0)))
+
+
 def report(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
     """The summaries of this loop's runs, and the distill run against the baseline with the
     one-time cost (collection + training) amortised: report.py's rule withholds the saving
@@ -346,9 +354,7 @@ def report(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
             done["distill"]["baseline_run"], done["distill"]["distill_run"]]
     runs = [run for run in runs if run is not None]
     summaries = run_summaries(log, run_ids=runs)
-    # What a user pays once: the teacher's games (collect, DAgger labels) and the training.
-    collect_usd = float(done["collect"]["cost_usd"]) + float(done["dagger"]["cost_usd"])
-    cpu_seconds = float(done["train"]["cpu_seconds"]) + float(done["dagger"]["cpu_seconds"])
+    collect_usd, cpu_seconds = one_time_cost(done)
     train_usd = cpu_seconds / 3600 * c.train_usd_per_cpu_hour
     versus = versus_baseline(log, done["distill"]["distill_run"],
                              done["distill"]["baseline_run"], collect_usd + train_usd)
