@@ -145,8 +145,9 @@ class Step(Base):
     # `_add_missing_columns`). `signals`: agreement signals and the nearest demo's action;
     # `shadow`: the step was drawn into the labelled (calibration) sample; `teacher_action`:
     # the teacher's action on such a step; `student_correct`: the student's majority action
-    # is equivalent to it; `teacher_text`: the teacher's answer text there (what an export
-    # with the teacher's answers trains on: `ExportFilters.answers`).
+    # is equivalent to it; `teacher_text`: the teacher's answer text on such a step where the
+    # student acted (where the teacher acted it is `final_text`); an export with the
+    # teacher's answers trains on it (`ExportFilters.answers`).
     signals: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     shadow: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     teacher_action: Mapped[str | None] = mapped_column(_Text, nullable=True)
