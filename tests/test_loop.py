@@ -250,7 +250,7 @@ def test_the_real_loop_survives_ctrl_c_and_a_rerun_skips_finished_phases(
     workdir = tmp_path / "loop"
     argv = [sys.executable, "-m", "agentkd.cli", "loop", "alfworld", "--workdir",
             str(workdir), "--train-games", "2", "--val-fraction", "0", "--max-records", "4",
-            "--grad-accum", "2", "--save-steps", "1", "--max-length", "256",
+            "--grad-accum", "2", "--save-steps", "1", "--max-length", "512",
             "--dagger-games", "1", "--dagger-max-steps", "3", "--dagger-max-records", "3",
             "--calibrate-games", "1", "--eval-games", "2", "--max-steps", "3", "--samples", "1",
             "--k", "1", "--threads", "1"]
