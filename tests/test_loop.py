@@ -25,7 +25,7 @@ from agentkd.cli import app
 from agentkd.log import TrajectoryLog
 from agentkd.loop import LoopConfig, run_loop
 from agentkd.loop.alfworld import PHASES, LoopContext, base_price, report, trained_student
-from agentkd.loop.phases import Marker, Phase, read_marker, write_marker
+from agentkd.loop.phases import Marker, Phase, fingerprint, read_marker, write_marker
 from agentkd.report import BELOW_TEACHER
 
 NAMES = [p.name for p in PHASES]
@@ -200,12 +200,16 @@ def test_trained_student_names_a_loop_that_has_not_trained_or_whose_student_is_g
     retrained = tmp_path / "student-dagger" / "merged" / "model.gguf"
     retrained.parent.mkdir(parents=True)
     retrained.write_bytes(b"GGUF")
-    write_marker(tmp_path, Marker("dagger", "d" * 12, {"dagger_games": 4},
-                                  {"student": f"local/{retrained}", "next_action_match": 0.75},
-                                  1.0))
+    round_outputs = {"student": f"local/{retrained}", "next_action_match": 0.75}
+    write_marker(tmp_path, Marker("dagger", fingerprint({"dagger_games": 4}, "f" * 12),
+                                  {"dagger_games": 4}, round_outputs, 1.0))
     tuned = trained_student(tmp_path)
     assert (tuned.model, tuned.base, tuned.next_action_match) == (
         f"local/{retrained}", "local/smollm2-135m", 0.75)
+    # A round left from an earlier training (its fingerprint chains to another) is not used.
+    write_marker(tmp_path, Marker("dagger", fingerprint({"dagger_games": 4}, "e" * 12),
+                                  {"dagger_games": 4}, round_outputs, 1.0))
+    assert trained_student(tmp_path).model == f"local/{model}"
 
 
 def test_the_demo_refuses_a_loop_folder_without_a_student_before_playing(

@@ -149,15 +149,19 @@ class TrainedStudent:
 
 
 def trained_student(workdir: Path) -> TrainedStudent:
-    """The tuned student of the loop in `workdir`: the DAgger round's where it finished,
-    else the train phase's (which must have finished)."""
-    from agentkd.loop.phases import marker_path, read_marker
+    """The tuned student of the loop in `workdir`: the DAgger round's where it finished after
+    this training, else the train phase's (which must have finished)."""
+    from agentkd.loop.phases import fingerprint, marker_path, read_marker
 
     marker = read_marker(workdir, "train")
     if marker is None:
         raise ConfigError(f"{workdir} holds no trained student ({marker_path(workdir, 'train')} "
                           f"is missing): run `agentkd loop alfworld --workdir {workdir}` first")
-    latest = read_marker(workdir, "dagger") or marker
+    dagger = read_marker(workdir, "dagger")
+    # A round left from before the training was redone chains to another fingerprint.
+    fresh = dagger is not None and dagger.fingerprint == fingerprint(dagger.settings,
+                                                                     marker.fingerprint)
+    latest = dagger if dagger is not None and fresh else marker
     model = str(latest.outputs["student"])
     if not Path(model.removeprefix("local/")).is_file():
         raise ConfigError(f"the student the loop in {workdir} trained, {model}, is gone; rerun "
