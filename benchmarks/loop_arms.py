@@ -83,7 +83,8 @@ def _one_time(workdir: Path, log: TrajectoryLog, run: str, loop: LoopConfig) -> 
     """USD paid once for the student `run` played: collection and training, and the DAgger
     round's labels and training where `run` played the student that round trained."""
     with log.session() as s:
-        student = s.get(Run, run).student if s.get(Run, run) is not None else None
+        played = s.get(Run, run)
+    student = played.student if played is not None else None
     finished = {phase: marker.outputs for phase in ("collect", "train", "dagger")
                 if (marker := read_marker(workdir, phase)) is not None}
     if finished.get("dagger", {}).get("student") != student:

@@ -88,6 +88,8 @@ def test_a_rerun_skips_finished_phases_and_a_changed_one_redoes_it_and_the_rest(
     (["--data", "{tmp}/nowhere"], "no ALFWorld data found"),
     (["--workdir", "{tmp}/afile"], "is a file"),
     (["--train-games", "0"], "--train-games"),
+    (["--dagger-games", "-1"], "--dagger-games"),
+    (["--dagger-max-records", "0"], "--dagger-max-records"),
     (["--eval-games", "100000"], "fewer than the 100000 asked for"),
     (["--base", "local/qwen-typo"], "unknown local model"),
 ])

@@ -157,11 +157,11 @@ def trained_student(workdir: Path) -> TrainedStudent:
     if marker is None:
         raise ConfigError(f"{workdir} holds no trained student ({marker_path(workdir, 'train')} "
                           f"is missing): run `agentkd loop alfworld --workdir {workdir}` first")
-    dagger = read_marker(workdir, "dagger")
+    latest, dagger = marker, read_marker(workdir, "dagger")
     # A round left from before the training was redone chains to another fingerprint.
-    fresh = dagger is not None and dagger.fingerprint == fingerprint(dagger.settings,
-                                                                     marker.fingerprint)
-    latest = dagger if dagger is not None and fresh else marker
+    if dagger is not None and dagger.fingerprint == fingerprint(dagger.settings,
+                                                                marker.fingerprint):
+        latest = dagger
     model = str(latest.outputs["student"])
     if not Path(model.removeprefix("local/")).is_file():
         raise ConfigError(f"the student the loop in {workdir} trained, {model}, is gone; rerun "
