@@ -35,7 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from sqlalchemy import select
 
-from agentkd.cascades.actions import extract_action
+from agentkd.cascades.actions import extract_action, is_tool_calls
 from agentkd.episode import messages_hash
 from agentkd.errors import InputError
 from agentkd.log import Episode, Run, Step, TrajectoryLog
@@ -215,12 +215,12 @@ def has_teacher_answer(step: Step) -> bool:
     """A teacher step, or a student step whose shadow label kept the teacher's answer (text,
     or tool calls in the canonical action; logs before `teacher_text` keep only the action)."""
     return step.actor == "teacher" or (step.teacher_action is not None and (
-        step.teacher_text is not None or step.teacher_action.startswith("[{")))
+        step.teacher_text is not None or is_tool_calls(step.teacher_action)))
 
 
 def _assistant_turn(step: Step, text: str | None, action: str | None) -> Turn:
     tool_calls = None
-    if action and action.startswith("[{"):
+    if action and is_tool_calls(action):
         calls = json.loads(action)
         tool_calls = [{"id": f"call_{step.id}_{i}", "type": "function",
                        "function": {"name": c["name"],

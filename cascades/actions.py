@@ -76,5 +76,10 @@ def canonical_action(raw: str | None) -> str | None:
     JSON of tool calls as is; None when nothing is left."""
     if raw is None:
         return None
-    action = normalize_action(raw) if not raw.startswith("[{") else raw
+    action = raw if is_tool_calls(raw) else normalize_action(raw)
     return action or None
+
+
+def is_tool_calls(action: str) -> bool:
+    """Whether a canonical action is tool calls (their canonical JSON), not text."""
+    return action.startswith("[{")
