@@ -182,17 +182,34 @@ def test_closest_admissible_takes_the_first_command_of_a_chain(reply, command):
     assert closest_admissible(reply, admissible) == command
 
 
-def test_react_key_leaves_the_admissible_commands_out():
+def test_react_key_leaves_the_admissible_commands_and_the_task_out_of_the_observation():
     from agentkd.envs import react_key
     from agentkd.envs.react import _prompt
 
     intro = "You are in the middle of a room.\n\nYour task is to: put a mug in the desk."
     first = react_key(_prompt(intro, [], intro, ["go to desk 1", "look"], history=12))
-    assert (first.goal, first.observation) == ("put a mug in the desk.", intro)
+    assert (first.goal, first.observation) == ("put a mug in the desk.",
+                                               "You are in the middle of a room.")
     later = react_key(_prompt(intro, [("Action: go to desk 1", "You arrive at desk 1.")],
                               "You arrive at desk 1.", ["take mug 1 from desk 1"], history=12))
     assert (later.goal, later.observation, later.plan) == (
         "put a mug in the desk.", "You arrive at desk 1.", "")
+
+
+def test_every_observation_after_the_first_restates_the_task():
+    from agentkd.envs.react import _prompt
+
+    intro = "You are in the middle of a room.\n\nYour task is to: put a mug in the desk."
+    turns = [("Action: go to desk 1", "You arrive at desk 1."),
+             ("Action: take mug 1 from desk 1", "You pick up the mug 1 from the desk 1.")]
+    messages = _prompt(intro, turns, turns[-1][1], ["go to desk 1"], history=12)
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    assert users[0] == intro  # states the task once, as the game wrote it
+    assert users[1] == "Observation: You arrive at desk 1.\nYour task is to: put a mug in the desk."
+    assert users[2].endswith("\nAdmissible commands: go to desk 1\n"
+                             "Your task is to: put a mug in the desk.")
+    untold = _prompt("A room.", turns[:1], turns[0][1], None, history=12)
+    assert untold[-1]["content"] == "Observation: You arrive at desk 1."  # no task: none restated
 
 
 def test_listed_admissible_reads_back_what_format_observation_listed():
@@ -200,6 +217,8 @@ def test_listed_admissible_reads_back_what_format_observation_listed():
 
     commands = ["go to desk 1", "take mug 1 from desk 1", "look"]
     assert listed_admissible(format_observation("You see a desk 1.", commands)) == commands
+    assert listed_admissible(format_observation("You see a desk 1.", commands,
+                                                task="put a mug in desk.")) == commands
     assert listed_admissible(format_observation("You see a desk 1.", None)) == []
     assert listed_admissible("Admissible commands: look") == []  # not the agent's layout
 

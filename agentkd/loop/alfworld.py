@@ -101,6 +101,15 @@ def _settings(*names: str) -> Callable[[LoopContext], dict[str, Any]]:
     return lambda ctx: {name: getattr(ctx.config, name) for name in names}
 
 
+def _collect_settings(ctx: LoopContext) -> dict[str, Any]:
+    """What decides the collected data: the teacher, the games and the agent's prompt layout
+    (demos and students of another layout would not match what the agent shows)."""
+    from agentkd.envs.react import PROMPT_VERSION
+
+    settings = _settings("teacher", "train_games", "collect_max_steps", "data")(ctx)
+    return {**settings, "agent_prompt": PROMPT_VERSION}
+
+
 def _tag(ctx: LoopContext, phase: str) -> str:
     return ctx.tags[phase][:8]
 
@@ -392,7 +401,7 @@ def report(ctx: LoopContext, done: Outputs) -> dict[str, Any]:
 
 
 PHASES: tuple[Phase[LoopContext], ...] = (
-    Phase("collect", _settings("teacher", "train_games", "collect_max_steps", "data"), collect),
+    Phase("collect", _collect_settings, collect),
     Phase("export", _settings("val_fraction"), export),
     Phase("train", _settings("base", "epochs", "max_length", "max_records", "grad_accum",
                              "lr", "r", "alpha", "eval_limit"), train),
