@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -286,10 +287,12 @@ def run_bench(config: BenchConfig, on_episode: Callable[[EpisodeOutcome], None] 
         games, _ = plan_games(config, run_id)
     validate(config, run_id)
     outcomes: list[EpisodeOutcome] = []
-    for outcome in _play_all(config, run_id, [str(g) for g in games]):
-        outcomes.append(outcome)
-        if on_episode:
-            on_episode(outcome)
+    # closing: an error in on_episode (a Ctrl-C in the progress bar) stops the workers too.
+    with closing(_play_all(config, run_id, [str(g) for g in games])) as played:
+        for outcome in played:
+            outcomes.append(outcome)
+            if on_episode:
+                on_episode(outcome)
     demos = _demos_written_by_parent(config)
     if demos is not None:
         from agentkd.log import TrajectoryLog
@@ -308,7 +311,8 @@ def _demos_written_by_parent(config: BenchConfig) -> str | None:
     return None
 
 
-def _play_all(config: BenchConfig, run_id: str, games: list[str]) -> Iterator[EpisodeOutcome]:
+def _play_all(config: BenchConfig, run_id: str, games: list[str]
+              ) -> Generator[EpisodeOutcome, None, None]:
     if config.ray is not None:
         from agentkd.envs.ray_runner import play_on_ray
 
@@ -331,6 +335,20 @@ def _play_all(config: BenchConfig, run_id: str, games: list[str]) -> Iterator[Ep
                 f"a worker process of run {run_id!r} died (killed, or out of memory); every "
                 f"step it served is in the log. Continue with --resume --run {run_id}: its "
                 f"unfinished episodes are marked interrupted and played again") from None
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
+        except BaseException:  # Ctrl-C, or a game's error: stop now, not after the queue
+            _stop_workers(pool)
             raise
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Drop the queued games and kill the workers mid-game.
+
+    `shutdown(cancel_futures=True)` alone waits for every game already handed to a worker
+    (the executor queues one more than it has workers), minutes with a local student. The
+    killed games' steps are in the log; a resumed run marks them interrupted and replays them.
+    Python 3.14's `terminate_workers()` does this; 3.11 has only the executor's own table.
+    """
+    workers = list((pool._processes or {}).values())  # shutdown forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        process.terminate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -326,6 +327,27 @@ def test_parallel_collect_fills_one_demo_store_from_the_log(log_url, tmp_path):
     run_bench(BenchConfig(mode="collect", split="train", episodes=3, workers=2, log=log_url,
                           demos=demos, run="parallel-collect", resume=True, max_steps=40))
     assert len(DemoStore.open(demos).sources()) == won
+
+
+@pytest.mark.slow  # two spawned workers, each loading agentkd and ALFWorld
+def test_ctrl_c_stops_the_workers_mid_game_and_a_resume_replays_their_games(log_url):
+    config = BenchConfig(mode="teacher", split="valid_seen", episodes=8, workers=2, log=log_url,
+                         run="stopped", stratify=True)
+
+    def ctrl_c(_outcome):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(config, on_episode=ctrl_c)
+    log = agentkd.TrajectoryLog(log_url)
+    finished = [e for e in log.episodes("stopped") if e.status in ("success", "failure")]
+    # The game that reported and at most the other worker's: not the games queued behind them
+    # (the executor hands out one more game than it has workers).
+    assert 1 <= len(finished) <= 2
+    _, replayed = run_bench(dataclasses.replace(config, resume=True))
+    assert len(replayed) == 8 - len(finished)
+    played = [e for e in log.episodes("stopped") if e.status != "interrupted"]
+    assert len(played) == 8 and all(e.status in ("success", "failure") for e in played)
 
 
 def test_a_bad_config_in_parallel_workers_reports_its_cause_not_a_dead_worker(log_url):
