@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 import agentkd
 from agentkd.cli import app
+from agentkd.envs.react import PROMPT_VERSION
 from agentkd.log import TrajectoryLog
 from agentkd.loop import LoopConfig, run_loop
 from agentkd.loop.alfworld import PHASES, LoopContext, base_price, report, trained_student
@@ -212,6 +213,12 @@ def test_trained_student_names_a_loop_that_has_not_trained_or_whose_student_is_g
     write_marker(tmp_path, Marker("dagger", fingerprint({"dagger_games": 4}, "e" * 12),
                                   {"dagger_games": 4}, round_outputs, 1.0))
     assert trained_student(tmp_path).model == f"local/{model}"
+    # A student of the reference agent's earlier prompt layout would play a prompt it never saw.
+    write_marker(tmp_path, Marker("collect", "c" * 12, {"teacher": "alfworld/rescue"}, {}, 1.0))
+    with pytest.raises(agentkd.ConfigError, match="learnt the reference agent's prompt layout 1"):
+        trained_student(tmp_path)
+    write_marker(tmp_path, Marker("collect", "c" * 12, {"agent_prompt": PROMPT_VERSION}, {}, 1.0))
+    assert trained_student(tmp_path).model == f"local/{model}"
 
 
 def test_the_demo_refuses_a_loop_folder_without_a_student_before_playing(
@@ -329,3 +336,10 @@ def test_the_real_loop_survives_ctrl_c_and_a_rerun_skips_finished_phases(
                      for e in demo_log.episodes(s.run_id) for c in demo_log.calls(e.id)]
     assert student_calls and {c.model for c in student_calls} == {body["student"]}
     assert all(c.cost_usd > 0 for c in student_calls)
+
+
+def test_collect_is_fingerprinted_with_the_agents_prompt_layout(tmp_path: Path) -> None:
+    """Data collected under another layout of the agent's prompt is collected again."""
+    collect = next(p for p in PHASES if p.name == "collect")
+    settings = collect.settings(LoopContext(LoopConfig(workdir=tmp_path), lambda _: None))
+    assert settings["agent_prompt"] == PROMPT_VERSION

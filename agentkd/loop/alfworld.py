@@ -166,6 +166,7 @@ def trained_student(workdir: Path) -> TrainedStudent:
     if marker is None:
         raise ConfigError(f"{workdir} holds no trained student ({marker_path(workdir, 'train')} "
                           f"is missing): run `agentkd loop alfworld --workdir {workdir}` first")
+    _check_prompt_layout(workdir)
     latest, dagger = marker, read_marker(workdir, "dagger")
     # A round left from before the training was redone chains to another fingerprint.
     if dagger is not None and dagger.fingerprint == fingerprint(dagger.settings,
@@ -177,6 +178,22 @@ def trained_student(workdir: Path) -> TrainedStudent:
                           f"`agentkd loop alfworld --workdir {workdir}` to train it again")
     base = str(marker.settings["base"])
     return TrainedStudent(model, base, base_price(base), latest.outputs.get("next_action_match"))
+
+
+def _check_prompt_layout(workdir: Path) -> None:
+    """Refuse a student that learnt another layout of the reference agent's prompt: it would
+    play a prompt it never saw (a loop from before the layout had a version had layout 1)."""
+    from agentkd.envs.react import PROMPT_VERSION
+    from agentkd.loop.phases import read_marker
+
+    collected = read_marker(workdir, "collect")
+    learnt = collected.settings.get("agent_prompt", 1) if collected is not None else None
+    if learnt is not None and learnt != PROMPT_VERSION:
+        raise ConfigError(f"the student in {workdir} learnt the reference agent's prompt layout "
+                          f"{learnt}; this agentkd's agent shows layout {PROMPT_VERSION} (see "
+                          f"agentkd.envs.react.PROMPT_VERSION): rerun `agentkd loop alfworld "
+                          f"--workdir {workdir}` with its options (collect and every later "
+                          f"phase run again)")
 
 
 def base_price(base: str) -> tuple[float, float]:
