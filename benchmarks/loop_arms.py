@@ -4,8 +4,9 @@ The loop's distill phase is one cascade setting on `--eval-games` games; on 2 co
 split takes hours. This plays other cascade settings with the loop's own tuned student, demo
 store, teacher, retrieval and step cap on the first N stratified games (resumable: the same
 command continues a run), then prints every arm beside the teacher-only baseline on exactly
-those games, by the report's rule (`agentkd.report.versus_baseline`: no saving below the
-teacher's 95% interval; the break-even pays off collection + training at the loop's CPU rate).
+those games (with the objects taken that the task does not name, per episode), by the report's
+rule (`agentkd.report.versus_baseline`: no saving below the teacher's 95% interval; the break-
+even pays off collection + training at the loop's CPU rate).
 
     python benchmarks/loop_arms.py --workdir runs/loopP --games 24 \
         --baseline loop-teacher-408a8d6b --arm loop-distill-408a8d6b \
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from rich.table import Table
 
 from agentkd.envs.alfworld import list_games
 from agentkd.envs.bench import stratified
-from agentkd.log import Run, TrajectoryLog
+from agentkd.log import Episode, Run, TrajectoryLog
 from agentkd.loop.alfworld import LoopConfig, LoopContext, _play, one_time_cost, trained_student
 from agentkd.loop.phases import Marker, read_marker
 from agentkd.report import versus_baseline, wilson_interval
@@ -93,16 +95,29 @@ def _one_time(workdir: Path, log: TrajectoryLog, run: str, loop: LoopConfig) -> 
     return teacher_usd + cpu_seconds / 3600 * loop.train_usd_per_cpu_hour
 
 
+_TAKE = re.compile(r"take ([a-z]+) \d+ from ")
+
+
+def wrong_takes(log: TrajectoryLog, episode: Episode) -> int:
+    """Objects taken that the task does not name ("take candle 1 from ..." for "put a clean
+    cloth in ..."): the student's commonest mistake, each one undone by a later step."""
+    named = set(re.findall(r"[a-z]+", (episode.goal or "").lower()))
+    taken = (_TAKE.match(step.final_action or "") for step in log.steps(episode.id))
+    return sum(match is not None and match[1] not in named for match in taken)
+
+
 def figures(log: TrajectoryLog, run: str, tasks: set[str]) -> dict[str, Any]:
     episodes = [e for e in log.episodes(run)
                 if e.task_id in tasks and e.status in ("success", "failure")]
     steps = sum(e.n_steps for e in episodes)
     won = sum(bool(e.success) for e in episodes)
     low, high = wilson_interval(won, len(episodes)) or (0.0, 1.0)
+    wrong = sum(wrong_takes(log, e) for e in episodes)
     return {"games": len(episodes), "won": won, "interval": [round(low, 3), round(high, 3)],
             "steps_per_episode": round(steps / len(episodes), 1),
             "teacher_call_rate": round(sum(e.teacher_steps for e in episodes) / steps, 3),
-            "cost_per_episode": round(sum(e.cost_usd for e in episodes) / len(episodes), 5)}
+            "cost_per_episode": round(sum(e.cost_usd for e in episodes) / len(episodes), 5),
+            "wrong_takes_per_episode": round(wrong / len(episodes), 2)}
 
 
 def main() -> None:
@@ -132,15 +147,16 @@ def main() -> None:
             "break_even_episodes": versus["break_even_episodes"],
             "saving_withheld": versus["saving_withheld"]}
     table = Table(title=f"first {args.games} stratified valid_seen games")
-    for column in ("run", "won", "95% interval", "steps", "teacher calls", "$/episode",
-                   "vs teacher (games both finished)"):
+    for column in ("run", "won", "95% interval", "steps", "teacher calls", "wrong takes",
+                   "$/episode", "vs teacher (games both finished)"):
         table.add_column(column)
     for run, r in rows.items():
         verdict = ("baseline" if run == args.baseline else r["saving_withheld"]
                    or f"{r['relative_cost']:.2f}x, break-even {r['break_even_episodes']:.0f}")
         table.add_row(run, f"{r['won']}/{r['games']}", f"{r['interval'][0]:.0%}–"
                       f"{r['interval'][1]:.0%}", f"{r['steps_per_episode']}",
-                      f"{r['teacher_call_rate']:.0%}", f"{r['cost_per_episode']:.4f}", verdict)
+                      f"{r['teacher_call_rate']:.0%}", f"{r['wrong_takes_per_episode']}",
+                      f"{r['cost_per_episode']:.4f}", verdict)
     console.print(table)
     if args.out:
         body = {"command": "python " + " ".join(sys.argv), "arms": rows}
