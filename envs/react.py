@@ -64,8 +64,27 @@ def closest_admissible(action: str, admissible: list[str] | None) -> str | None:
 def _closest(normal: str, by_normal: dict[str, str]) -> str | None:
     if normal in by_normal:
         return by_normal[normal]
+    handled = _handled_object(normal)
+    if handled is not None:  # only commands on the same object are typos of it
+        by_normal = {n: a for n, a in by_normal.items() if _handled_object(n) == handled}
     match = difflib.get_close_matches(normal, list(by_normal), n=1, cutoff=MATCH_CUTOFF)
     return by_normal[match[0]] if match else None
+
+
+# A reply that handles an object maps only to a command on that object. "take book 1 from
+# coffeetable 1" where a box lies is otherwise closest to "take box 1 ...": the agent picks up
+# what the task does not name and spends two steps putting it back (the tuned 135M student's
+# commonest mistake, measured in loop_arms' "wrong takes"). Unmapped, the reply is invalid and
+# the cascade defers it; a reply naming another place still maps (a cheap exploration step).
+_OBJECT_VERBS = frozenset({"take", "move", "put", "heat", "cool", "clean", "slice"})
+
+
+def _handled_object(normal: str) -> str | None:
+    """The object type a command handles ("book" in "take book 1 from desk 1"), else None."""
+    words = normal.split()
+    if len(words) < 2 or words[0] not in _OBJECT_VERBS:
+        return None
+    return words[1].rstrip("0123456789")
 
 
 PROMPT_VERSION = 2

@@ -171,6 +171,17 @@ def test_closest_admissible_maps_typos_and_rejects_nonsense():
     assert closest_admissible("launch the rocket", admissible) is None
 
 
+def test_a_reply_handling_an_object_maps_only_to_commands_on_that_object():
+    here = ["go to sofa 1", "take box 1 from coffeetable 1", "take book 2 from coffeetable 1"]
+    assert closest_admissible("take book 1 from coffeetable 1", here) == \
+        "take book 2 from coffeetable 1"  # another instance of the object named
+    no_book = here[:2]  # "take box 1 ..." is the closest string, and the wrong thing to take
+    assert closest_admissible("take book 1 from coffeetable 1", no_book) is None
+    assert closest_admissible("put book 1 in sofa 1", ["move book 1 to sofa 1"]) == \
+        "move book 1 to sofa 1"  # the older verb, the same object
+    assert closest_admissible("go to sofa 2", here) == "go to sofa 1"  # places still map
+
+
 @pytest.mark.parametrize(("reply", "command"), [
     ("go to desk 1, take mug 1 from desk 1", "go to desk 1"),   # a chain: its first command
     ("go to dsk 1 and then look", "go to desk 1"),
