@@ -206,7 +206,7 @@ def export(
     try:
         trajectories = TrajectoryLog(log, create=False)
         with Progress(TextColumn("export"), BarColumn(), MofNCompleteColumn(),
-                      console=console) as progress:
+                      console=Console(stderr=True)) as progress:
             task = progress.add_task("export", total=None)
             card = export_dataset(trajectories, run, out, fmt=fmt, filters=filters,  # type: ignore[arg-type]
                                   on_episode=lambda: progress.advance(task))
@@ -299,8 +299,9 @@ def evaluate(
 
     try:
         total = count_targets(data, limit)
+        # On stderr: with --json, stdout is the JSON alone.
         with Progress(TextColumn(f"evaluate {model}"), BarColumn(), MofNCompleteColumn(),
-                      console=console) as progress:
+                      console=Console(stderr=True)) as progress:
             task = progress.add_task("evaluate", total=total)
             result = evaluate_model(data, model, limit=limit,
                                     on_target=lambda: progress.advance(task))

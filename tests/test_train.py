@@ -186,6 +186,6 @@ def test_cli_evaluate_scores_any_litellm_model_against_the_teacher(scripted, tmp
     result = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--model",
                                       "scripted/student", "--json"])
     assert result.exit_code == 0, result.output
-    scored = json.loads(result.output[result.output.index("{"):])
+    scored = json.loads(result.stdout)  # the JSON alone: the progress bar is on stderr
     assert (scored["targets"], scored["matched"], scored["no_action"]) == (4, 2, 0)
     assert all(r[2]["temperature"] == 0.0 for r in scripted.received)
