@@ -67,7 +67,8 @@ def _loop(workdir: Path, workers: int = 1) -> LoopConfig:
         settings |= _marker(workdir, phase).settings
     dagger = read_marker(workdir, "dagger")
     settings |= dagger.settings if dagger is not None else {}
-    return LoopConfig(**settings)
+    # A marker also records what is not an option (collect: the agent's prompt layout).
+    return LoopConfig(**{k: v for k, v in settings.items() if k in LoopConfig.model_fields})
 
 
 def play(workdir: Path, run: str, games: int, cascade: dict[str, Any], workers: int
