@@ -15,6 +15,7 @@ import contextvars
 import json
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,25 @@ def same_admissible_command(a: str, b: str) -> bool:
 
 def admissible_command(action: str) -> bool:
     """Cascade validity: an action is valid when it maps to one of the game's admissible
-    commands now (as the reference agent maps it); with no list known, every action is."""
-    from agentkd.envs.react import closest_admissible
+    commands now (as the reference agent maps it) and does not take an object the task does
+    not name; with no list known, every action is.
+
+    No ALFWorld task needs anything but the object it names in hand (the lamp is used, the
+    sink, microwave and fridge are places), and taking another one costs the step and the one
+    that puts it back: the tuned 135M student's commonest mistake. The task is in the prompt,
+    so a reader of the prompt can make this check; the student's such sample is deferred.
+    """
+    from agentkd.envs.react import closest_admissible, handled_object
 
     admissible = current_admissible.get()
-    return admissible is None or closest_admissible(action, admissible) is not None
+    if admissible is None:
+        return True
+    command = closest_admissible(action, admissible)
+    if command is None:
+        return False
+    game = current_game.get()
+    taken = handled_object(command) if command.startswith("take ") else None
+    return taken is None or game is None or taken in re.findall(r"[a-z]+", game.goal.lower())
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

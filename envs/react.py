@@ -64,9 +64,9 @@ def closest_admissible(action: str, admissible: list[str] | None) -> str | None:
 def _closest(normal: str, by_normal: dict[str, str]) -> str | None:
     if normal in by_normal:
         return by_normal[normal]
-    handled = _handled_object(normal)
+    handled = handled_object(normal)
     if handled is not None:  # only commands on the same object are typos of it
-        by_normal = {n: a for n, a in by_normal.items() if _handled_object(n) == handled}
+        by_normal = {n: a for n, a in by_normal.items() if handled_object(n) == handled}
     match = difflib.get_close_matches(normal, list(by_normal), n=1, cutoff=MATCH_CUTOFF)
     return by_normal[match[0]] if match else None
 
@@ -79,7 +79,7 @@ def _closest(normal: str, by_normal: dict[str, str]) -> str | None:
 _OBJECT_VERBS = frozenset({"take", "move", "put", "heat", "cool", "clean", "slice"})
 
 
-def _handled_object(normal: str) -> str | None:
+def handled_object(normal: str) -> str | None:
     """The object type a command handles ("book" in "take book 1 from desk 1"), else None."""
     words = normal.split()
     if len(words) < 2 or words[0] not in _OBJECT_VERBS:

@@ -251,6 +251,26 @@ def test_admissible_command_is_the_cascades_validity_in_the_game_running():
         current_admissible.reset(token)
 
 
+def test_taking_an_object_the_task_does_not_name_is_no_valid_action_in_a_real_game():
+    from agentkd.envs.alfworld import admissible_command, current_admissible, current_game
+
+    env = AlfWorldEnv(stratified(list_games("valid_seen"), 1)[0])
+    try:
+        env.reset()  # publishes the game: its task is "put a alarmclock in desk."
+        assert "alarmclock" in env.goal
+        token = current_admissible.set(["take alarmclock 1 from desk 1",
+                                        "take pencil 1 from desk 1", "move pencil 1 to desk 1"])
+        try:
+            assert admissible_command("take alarmclock 1 from desk 1")
+            assert not admissible_command("take pencil 1 from desk 1")  # not the task's
+            assert admissible_command("move pencil 1 to desk 1")  # putting it back is fine
+        finally:
+            current_admissible.reset(token)
+    finally:
+        env.close()
+        current_game.set(None)
+
+
 def test_expert_outside_an_episode_is_a_clear_error(log_url):
     from agentkd.envs.alfworld import current_game
 
