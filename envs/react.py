@@ -8,8 +8,8 @@ are kept. Every observation after the first restates the task: a small model rea
 object to fetch next to the commands it chooses from, not a thousand tokens up (the tuned
 135M student took the wrong object 111 times in 32 games when the task was only at the top).
 `PROMPT_VERSION` names this layout; data and students made with another one do not mix.
-The action is mapped to the
-closest admissible command when the environment lists them; an action that matches none is
+The action is mapped to the closest admissible command when the environment lists them (one
+that handles an object only to a command on that object); an action that matches none is
 sent as is (ALFWorld answers "Nothing happens.") and counted as invalid.
 """
 
