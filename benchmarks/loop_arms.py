@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).pa
 from rich.console import Console
 from rich.table import Table
 
-from agentkd.envs.alfworld import list_games
+from agentkd.envs.alfworld import list_games, takes_what_the_task_does_not_name
 from agentkd.envs.bench import stratified
 from agentkd.log import Episode, Run, TrajectoryLog
 from agentkd.loop.alfworld import LoopConfig, LoopContext, _play, one_time_cost, trained_student
@@ -96,15 +95,11 @@ def _one_time(workdir: Path, log: TrajectoryLog, run: str, loop: LoopConfig) -> 
     return teacher_usd + cpu_seconds / 3600 * loop.train_usd_per_cpu_hour
 
 
-_TAKE = re.compile(r"take ([a-z]+) \d+ from ")
-
-
 def wrong_takes(log: TrajectoryLog, episode: Episode) -> int:
-    """Objects taken that the task does not name ("take candle 1 from ..." for "put a clean
-    cloth in ..."): the student's commonest mistake, each one undone by a later step."""
-    named = set(re.findall(r"[a-z]+", (episode.goal or "").lower()))
-    taken = (_TAKE.match(step.final_action or "") for step in log.steps(episode.id))
-    return sum(match is not None and match[1] not in named for match in taken)
+    """Objects taken that the task does not name: the student's commonest mistake, each one
+    undone by a later step (the cascade's validity now defers such a take)."""
+    return sum(takes_what_the_task_does_not_name(step.final_action or "", episode.goal or "")
+               for step in log.steps(episode.id))
 
 
 def figures(log: TrajectoryLog, run: str, tasks: set[str]) -> dict[str, Any]:

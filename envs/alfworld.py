@@ -66,7 +66,7 @@ def admissible_command(action: str) -> bool:
     that puts it back: the tuned 135M student's commonest mistake. The task is in the prompt,
     so a reader of the prompt can make this check; the student's such sample is deferred.
     """
-    from agentkd.envs.react import closest_admissible, handled_object
+    from agentkd.envs.react import closest_admissible
 
     admissible = current_admissible.get()
     if admissible is None:
@@ -75,8 +75,16 @@ def admissible_command(action: str) -> bool:
     if command is None:
         return False
     game = current_game.get()
+    return game is None or not takes_what_the_task_does_not_name(command, game.goal)
+
+
+def takes_what_the_task_does_not_name(command: str, task: str) -> bool:
+    """Whether `command` takes an object `task` does not name ("take candle 1 from shelf 1"
+    for "put a clean cloth in countertop.")."""
+    from agentkd.envs.react import handled_object
+
     taken = handled_object(command) if command.startswith("take ") else None
-    return taken is None or game is None or taken in re.findall(r"[a-z]+", game.goal.lower())
+    return taken is not None and taken not in re.findall(r"[a-z]+", task.lower())
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
